@@ -1,0 +1,260 @@
+// Package config holds the environment contract of every binary: one
+// envconfig struct per binary, built from shared sections, loaded and
+// validated once at start. No other package reads the environment.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+)
+
+// NATS is how edge and worker reach NATS.
+type NATS struct {
+	URL           string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" desc:"NATS server URL(s), comma separated"`
+	Creds         string `envconfig:"NATS_CREDS" desc:"path of a NATS credentials (.creds) file"`
+	NKey          string `envconfig:"NATS_NKEY" desc:"path of an nkey seed file"`
+	User          string `envconfig:"NATS_USER" desc:"NATS user name"`
+	Password      Secret `envconfig:"NATS_PASSWORD" desc:"NATS password"`
+	Token         Secret `envconfig:"NATS_TOKEN" desc:"NATS token"`
+	TLSCA         string `envconfig:"NATS_TLS_CA" desc:"path of a CA bundle to verify the NATS server"`
+	TLSCert       string `envconfig:"NATS_TLS_CERT" desc:"path of a client certificate for NATS (with NATS_TLS_KEY)"`
+	TLSKey        string `envconfig:"NATS_TLS_KEY" desc:"path of the client certificate's key"`
+	SubjectPrefix string `envconfig:"NATS_SUBJECT_PREFIX" default:"wxlogin" desc:"prefix of the exchange subject PREFIX.code2session"`
+}
+
+// Log says how to log.
+type Log struct {
+	Level  slog.Level `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	Format string     `envconfig:"LOG_FORMAT" default:"text" desc:"text (human readable) or json"`
+}
+
+// Edge configures the HTTP front.
+type Edge struct {
+	Addr    string        `envconfig:"EDGE_ADDR" default:":8080" desc:"HTTP listen address"`
+	Timeout time.Duration `envconfig:"EDGE_TIMEOUT" default:"5s" desc:"budget of one request, end to end"`
+	MaxBody int64         `envconfig:"EDGE_MAX_BODY" default:"4096" desc:"largest request body in bytes"`
+}
+
+// Worker configures the exchange worker.
+type Worker struct {
+	Apps           Apps          `envconfig:"WX_APPS" desc:"appid:secret[,appid:secret...]"`
+	AppsFile       string        `envconfig:"WX_APPS_FILE" desc:"file of appid:secret pairs, one per line (mounted secrets)"`
+	APIBase        string        `envconfig:"WX_API_BASE" default:"https://api.weixin.qq.com" desc:"WeChat API base URL"`
+	HTTPTimeout    time.Duration `envconfig:"WX_HTTP_TIMEOUT" default:"2s" desc:"timeout of one upstream attempt"`
+	MaxAttempts    int           `envconfig:"WX_MAX_ATTEMPTS" default:"3" desc:"upstream attempts per exchange, first included"`
+	Rate           float64       `envconfig:"WX_RATE" default:"0" desc:"upstream calls per second per appid; 0 = unlimited"`
+	Burst          int           `envconfig:"WX_BURST" default:"0" desc:"calls allowed at once above WX_RATE; 0 = one second's worth"`
+	Concurrency    int           `envconfig:"WORKER_CONCURRENCY" default:"1024" desc:"exchanges in flight per worker"`
+	RequestTimeout time.Duration `envconfig:"WORKER_REQUEST_TIMEOUT" default:"5s" desc:"budget of a NATS request that carries no Wxlogin-Timeout-Ms header"`
+	MetricsAddr    string        `envconfig:"WORKER_METRICS_ADDR" default:":9091" desc:"address of /healthz and /readyz; empty disables"`
+}
+
+// EdgeConfig is cmd/edge's configuration.
+type EdgeConfig struct {
+	NATS
+	Log
+	Edge
+}
+
+// WorkerConfig is cmd/worker's configuration.
+type WorkerConfig struct {
+	NATS
+	Log
+	Worker
+}
+
+// Embedded configures the NATS server the all-in-one binary runs itself.
+type Embedded struct {
+	Listen   string `envconfig:"NATS_LISTEN" default:"127.0.0.1:4222" desc:"where the embedded NATS server listens"`
+	StoreDir string `envconfig:"NATS_STORE_DIR" desc:"JetStream store directory; default: a directory under the OS temp dir"`
+}
+
+// AllInOneConfig is cmd/wxlogin's configuration: the edge's and the
+// worker's sections, plus the embedded server in place of NATS_URL and
+// credentials (edge and worker connect to it in-process).
+type AllInOneConfig struct {
+	Log
+	Embedded
+	Edge
+	Worker
+	SubjectPrefix string `envconfig:"NATS_SUBJECT_PREFIX" default:"wxlogin" desc:"prefix of the exchange subject PREFIX.code2session"`
+}
+
+// FakeWXConfig is cmd/fakewx's configuration.
+type FakeWXConfig struct {
+	Log
+	Addr    string        `envconfig:"FAKEWX_ADDR" default:"127.0.0.1:9400" desc:"listen address of the fake WeChat"`
+	Apps    Apps          `envconfig:"FAKEWX_APPS" desc:"appid:secret pairs the fake accepts; empty: the demo app"`
+	Latency time.Duration `envconfig:"FAKEWX_LATENCY" default:"0s" desc:"added to every answer"`
+}
+
+// Load fills spec from the environment and validates it. Errors name the
+// variable at fault.
+func Load(spec any) error {
+	if err := envconfig.Process("", spec); err != nil {
+		var pe *envconfig.ParseError
+		if errors.As(err, &pe) {
+			// envconfig's own text repeats the raw value, which for
+			// WX_APPS would be a secret; Apps' decoder never does.
+			return fmt.Errorf("%s: cannot parse as %s: %v", pe.KeyName, pe.TypeName, pe.Err)
+		}
+		return err
+	}
+	if v, ok := spec.(interface{ validate() error }); ok {
+		return v.validate()
+	}
+	return nil
+}
+
+// Usage writes the variables of spec as a table, for -h.
+func Usage(w io.Writer, spec any) error {
+	tw := tabwriter.NewWriter(w, 1, 0, 4, ' ', 0)
+	if err := envconfig.Usagef("", spec, tw, envconfig.DefaultTableFormat); err != nil {
+		return err
+	}
+	return tw.Flush()
+}
+
+func (c *EdgeConfig) validate() error {
+	return errors.Join(c.NATS.validate(), c.Log.validate(), c.Edge.validate())
+}
+
+func (c *WorkerConfig) validate() error {
+	return errors.Join(c.NATS.validate(), c.Log.validate(), c.Worker.validate(true))
+}
+
+func (c *AllInOneConfig) validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("NATS_LISTEN: want host:port, got %q", c.Listen))
+	}
+	if !validPrefix(c.SubjectPrefix) {
+		errs = append(errs, errors.New("NATS_SUBJECT_PREFIX: want NATS subject tokens without spaces or wildcards"))
+	}
+	// With no apps the all-in-one runs its demo upstream; so apps are optional here.
+	return errors.Join(append(errs, c.Log.validate(), c.Edge.validate(), c.Worker.validate(false))...)
+}
+
+func (c *FakeWXConfig) validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("FAKEWX_ADDR: want host:port, got %q", c.Addr))
+	}
+	if c.Latency < 0 {
+		errs = append(errs, errors.New("FAKEWX_LATENCY: must not be negative"))
+	}
+	return errors.Join(append(errs, c.Log.validate())...)
+}
+
+func (n *NATS) validate() error {
+	var errs []error
+	for _, u := range strings.Split(n.URL, ",") {
+		pu, err := url.Parse(strings.TrimSpace(u))
+		if err != nil || pu.Host == "" {
+			errs = append(errs, fmt.Errorf("NATS_URL: want nats://host:port[,nats://...], got %q", n.URL))
+			break
+		}
+	}
+	if (n.TLSCert == "") != (n.TLSKey == "") {
+		errs = append(errs, errors.New("NATS_TLS_CERT and NATS_TLS_KEY: set both or neither"))
+	}
+	if n.Password != "" && n.User == "" {
+		errs = append(errs, errors.New("NATS_PASSWORD: set NATS_USER too"))
+	}
+	if !validPrefix(n.SubjectPrefix) {
+		errs = append(errs, errors.New("NATS_SUBJECT_PREFIX: want NATS subject tokens without spaces or wildcards"))
+	}
+	return errors.Join(errs...)
+}
+
+func (l *Log) validate() error {
+	if l.Format != "text" && l.Format != "json" {
+		return fmt.Errorf("LOG_FORMAT: want text or json, got %q", l.Format)
+	}
+	return nil
+}
+
+func (e *Edge) validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(e.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("EDGE_ADDR: want [host]:port, got %q", e.Addr))
+	}
+	if e.Timeout <= 0 {
+		errs = append(errs, errors.New("EDGE_TIMEOUT: must be positive"))
+	}
+	if e.MaxBody < 64 {
+		errs = append(errs, errors.New("EDGE_MAX_BODY: must be at least 64 bytes"))
+	}
+	return errors.Join(errs...)
+}
+
+func (w *Worker) validate(appsRequired bool) error {
+	var errs []error
+	if w.AppsFile != "" {
+		if err := w.Apps.addFile(w.AppsFile); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if appsRequired && len(w.Apps) == 0 {
+		errs = append(errs, errors.New("WX_APPS or WX_APPS_FILE: at least one appid:secret is required"))
+	}
+	if u, err := url.Parse(w.APIBase); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("WX_API_BASE: want an http(s) URL, got %q", w.APIBase))
+	}
+	if w.HTTPTimeout <= 0 {
+		errs = append(errs, errors.New("WX_HTTP_TIMEOUT: must be positive"))
+	}
+	if w.MaxAttempts < 1 || w.MaxAttempts > 10 {
+		errs = append(errs, errors.New("WX_MAX_ATTEMPTS: must be 1 to 10"))
+	}
+	if w.Rate < 0 {
+		errs = append(errs, errors.New("WX_RATE: must not be negative"))
+	}
+	if w.Burst < 0 {
+		errs = append(errs, errors.New("WX_BURST: must not be negative"))
+	}
+	if w.Concurrency < 1 {
+		errs = append(errs, errors.New("WORKER_CONCURRENCY: must be at least 1"))
+	}
+	if w.RequestTimeout <= 0 {
+		errs = append(errs, errors.New("WORKER_REQUEST_TIMEOUT: must be positive"))
+	}
+	if w.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(w.MetricsAddr); err != nil {
+			errs = append(errs, fmt.Errorf("WORKER_METRICS_ADDR: want [host]:port or empty, got %q", w.MetricsAddr))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validPrefix(p string) bool {
+	if p == "" {
+		return false
+	}
+	for _, tok := range strings.Split(p, ".") {
+		if tok == "" || strings.ContainsAny(tok, " \t\r\n*>") {
+			return false
+		}
+	}
+	return true
+}
+
+// WantsHelp reports whether args ask for the usage table.
+func WantsHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "-h", "-help", "--help", "help":
+			return true
+		}
+	}
+	return false
+}

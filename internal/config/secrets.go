@@ -1,0 +1,104 @@
+package config
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/wxlogin/wxlogin/internal/protocol"
+)
+
+// Secret is a string that never prints: logging a config cannot leak it.
+type Secret string
+
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+// LogValue keeps slog from printing the value.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// Apps maps appid to AppSecret. It prints appids only.
+type Apps map[string]Secret
+
+// Decode parses WX_APPS: appid:secret[,appid:secret...]. Errors name the
+// entry by position, never by content, since the content is a secret.
+func (a *Apps) Decode(value string) error {
+	apps := Apps{}
+	for i, pair := range strings.Split(value, ",") {
+		pair = strings.TrimSpace(pair)
+		if pair == "" {
+			continue
+		}
+		if err := apps.add(pair); err != nil {
+			return fmt.Errorf("entry %d: %w", i+1, err)
+		}
+	}
+	*a = apps
+	return nil
+}
+
+func (a Apps) add(pair string) error {
+	appid, secret, ok := strings.Cut(pair, ":")
+	appid, secret = strings.TrimSpace(appid), strings.TrimSpace(secret)
+	if !ok || appid == "" || secret == "" {
+		return errors.New("want appid:secret")
+	}
+	if !protocol.ValidToken(appid) {
+		return errors.New("appid must be printable ASCII without spaces")
+	}
+	if old, dup := a[appid]; dup && old != Secret(secret) {
+		return fmt.Errorf("appid %s is given twice with different secrets", appid)
+	}
+	a[appid] = Secret(secret)
+	return nil
+}
+
+// addFile adds the pairs of WX_APPS_FILE, one per line; blank lines and
+// lines starting with # are skipped.
+func (a *Apps) addFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("WX_APPS_FILE: %w", err)
+	}
+	defer f.Close()
+	if *a == nil {
+		*a = Apps{}
+	}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if err := a.add(line); err != nil {
+			return fmt.Errorf("WX_APPS_FILE line %d: %w", n, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("WX_APPS_FILE: %w", err)
+	}
+	return nil
+}
+
+// IDs returns the appids, sorted.
+func (a Apps) IDs() []string {
+	ids := make([]string, 0, len(a))
+	for id := range a {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func (a Apps) String() string { return strings.Join(a.IDs(), ",") }
+
+// LogValue prints appids only.
+func (a Apps) LogValue() slog.Value { return slog.StringValue(a.String()) }

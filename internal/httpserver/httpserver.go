@@ -1,0 +1,62 @@
+// Package httpserver runs an http.Server the way every wxlogin binary
+// does: listen first (so a bad address fails at start), serve until the
+// context ends, then shut down gracefully with a fresh deadline.
+package httpserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+)
+
+// New returns a server for h with every timeout set: a server without
+// them is an easy target for slow clients.
+func New(h http.Handler, writeTimeout time.Duration, logger *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+	}
+}
+
+// Run listens on addr and serves srv until ctx ends, then gives in-flight
+// requests up to grace to finish.
+func Run(ctx context.Context, srv *http.Server, addr string, grace time.Duration, logger *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	return Serve(ctx, srv, ln, grace, logger)
+}
+
+// Serve is Run on a listener the caller opened, for when the address must
+// be known before serving starts.
+func Serve(ctx context.Context, srv *http.Server, ln net.Listener, grace time.Duration, logger *slog.Logger) error {
+	addr := ln.Addr().String()
+	logger.Info("http listening", "addr", addr)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serving http on %s: %w", addr, err)
+	case <-ctx.Done():
+	}
+	// The parent context is done; shut down with a fresh one.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutting down http on %s: %w", addr, err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
