@@ -1,0 +1,161 @@
+// Package edge is the HTTP front of wxlogin. It holds no secret: it
+// parses and validates a login code, asks the worker pool over NATS
+// request-reply within one budget (EDGE_TIMEOUT), and maps the reply, or
+// the absence of one, to HTTP.
+package edge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wxlogin/wxlogin/internal/logging"
+	"github.com/wxlogin/wxlogin/internal/protocol"
+)
+
+// Config is what the edge needs.
+type Config struct {
+	Timeout       time.Duration // the whole request's budget
+	MaxBody       int64
+	SubjectPrefix string
+}
+
+// replySlack is kept back from the budget the worker is told, so its
+// answer, even a timeout, travels back before the edge gives up.
+const replySlack = 50 * time.Millisecond
+
+// NewServer returns the edge's HTTP handler, asking workers through nc.
+func NewServer(cfg Config, nc *nats.Conn, logger *slog.Logger) http.Handler {
+	if cfg.SubjectPrefix == "" {
+		cfg.SubjectPrefix = protocol.DefaultSubjectPrefix
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/openid", handleOpenID(cfg, nc, logger))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !nc.IsConnected() {
+			http.Error(w, "nats not connected", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+func handleOpenID(cfg Config, nc *nats.Conn, logger *slog.Logger) http.Handler {
+	subject := protocol.Subject(cfg.SubjectPrefix)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(r.Context(), cfg.Timeout)
+		defer cancel()
+		r.Body = http.MaxBytesReader(w, r.Body, cfg.MaxBody)
+
+		req, e := parseRequest(r, cfg.MaxBody)
+		var res protocol.Result
+		if e == nil {
+			res, e = ask(ctx, nc, subject, req)
+		}
+		if e != nil {
+			writeError(w, e)
+		} else {
+			writeJSON(w, http.StatusOK, res)
+		}
+		logRequest(ctx, logger, r, req, e, time.Since(start))
+	})
+}
+
+// ask sends req to the worker pool and waits for the reply within ctx.
+func ask(ctx context.Context, nc *nats.Conn, subject string, req protocol.Request) (protocol.Result, *protocol.Error) {
+	if !nc.IsConnected() {
+		// Publishing now would sit in a reconnect buffer until the
+		// deadline; the client is better served by a fast 503.
+		return protocol.Result{}, protocol.New(protocol.KindUnavailable, "the service is not connected to its workers; retry shortly")
+	}
+	data, err := json.Marshal(req)
+	if err != nil {
+		return protocol.Result{}, protocol.Wrap(err, protocol.KindBadRequest, "request cannot be encoded")
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	if dl, ok := ctx.Deadline(); ok {
+		budget := max(time.Until(dl)-replySlack, time.Millisecond)
+		msg.Header.Set(protocol.HeaderTimeout, strconv.FormatInt(budget.Milliseconds(), 10))
+	}
+	reply, err := nc.RequestMsgWithContext(ctx, msg)
+	if err != nil {
+		return protocol.Result{}, natsError(err)
+	}
+	return protocol.DecodeReply(reply)
+}
+
+// natsError maps a failed request: nobody listening and a lost connection
+// are 503 at once; a worker that did not answer in time is 504.
+func natsError(err error) *protocol.Error {
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		e := protocol.Wrap(err, protocol.KindUnavailable, "no worker is available; retry shortly")
+		e.RetryAfter = time.Second
+		return e
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return protocol.Wrap(err, protocol.KindTimeout, "no answer within the deadline")
+	case errors.Is(err, context.Canceled):
+		return protocol.Wrap(err, protocol.KindUnavailable, "the request was cancelled")
+	default:
+		e := protocol.Wrap(err, protocol.KindUnavailable, "the service cannot reach its workers; retry shortly")
+		e.RetryAfter = time.Second
+		return e
+	}
+}
+
+// writeError is the one place an *protocol.Error becomes HTTP.
+func writeError(w http.ResponseWriter, e *protocol.Error) {
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(protocol.RetryAfterSeconds(e.RetryAfter)))
+	}
+	if e.Status == http.StatusMethodNotAllowed {
+		w.Header().Set("Allow", "GET, HEAD, POST")
+	}
+	writeJSON(w, e.Status, e.Body())
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		status, body = http.StatusInternalServerError, []byte(`{"error":"upstream_error","message":"reply cannot be encoded","retry":"same_code"}`)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	// An openid is personal data: no cache keeps it.
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	w.Write(append(body, '\n'))
+}
+
+func logRequest(ctx context.Context, logger *slog.Logger, r *http.Request, req protocol.Request, e *protocol.Error, d time.Duration) {
+	level := slog.LevelDebug
+	if e != nil && e.Status >= 500 {
+		level = slog.LevelWarn
+	}
+	if !logger.Enabled(ctx, level) {
+		return
+	}
+	status, kind := http.StatusOK, "ok"
+	attrs := []slog.Attr{slog.String("method", r.Method), slog.String("appid", req.AppID)}
+	if req.Code != "" {
+		attrs = append(attrs, slog.String("code", logging.CodeHash(req.Code)))
+	}
+	if e != nil {
+		status, kind = e.Status, string(e.Kind)
+		attrs = append(attrs, logging.Err(e))
+	}
+	attrs = append(attrs, slog.Int("status", status), slog.String("outcome", kind), slog.Duration("latency", d))
+	logger.LogAttrs(context.WithoutCancel(ctx), level, "request", attrs...)
+}

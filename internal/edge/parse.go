@@ -1,0 +1,156 @@
+package edge
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+
+	"github.com/wxlogin/wxlogin/internal/protocol"
+)
+
+// parseRequest reads a code (and maybe an appid) from any of the request
+// shapes mini-programs send: GET with a query; POST with a JSON object, a
+// form, or a text/plain body that is the code itself. It validates what it
+// read and never alters it: a bad code is refused, not repaired.
+func parseRequest(r *http.Request, maxBody int64) (protocol.Request, *protocol.Error) {
+	var req protocol.Request
+	query, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return req, protocol.New(protocol.KindBadRequest, "query string is not valid URL encoding")
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		var e *protocol.Error
+		if req.Code, e = single(query, "code"); e != nil {
+			return req, e
+		}
+	case http.MethodPost:
+		body, e := readBody(r, maxBody)
+		if e != nil {
+			return req, e
+		}
+		if req, e = parseBody(r.Header.Get("Content-Type"), body); e != nil {
+			return req, e
+		}
+	default:
+		e := protocol.New(protocol.KindBadRequest, "method %s is not allowed: use GET or POST", r.Method)
+		e.Status = http.StatusMethodNotAllowed
+		return req, e
+	}
+	if req.AppID == "" {
+		// Any shape may name the app in the query string; text/plain
+		// bodies can do it no other way.
+		var e *protocol.Error
+		if req.AppID, e = single(query, "appid"); e != nil {
+			return req, e
+		}
+	}
+	return req, req.Validate()
+}
+
+// single returns the one value of key, refusing repeats: with two codes,
+// which one the caller meant is a guess.
+func single(v url.Values, key string) (string, *protocol.Error) {
+	switch vs := v[key]; len(vs) {
+	case 0:
+		return "", nil
+	case 1:
+		return vs[0], nil
+	default:
+		return "", protocol.New(protocol.KindBadRequest, "%s is given more than once", key)
+	}
+}
+
+func readBody(r *http.Request, maxBody int64) ([]byte, *protocol.Error) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, tooLarge(maxBody)
+		}
+		return nil, protocol.New(protocol.KindBadRequest, "could not read the request body")
+	}
+	if int64(len(body)) > maxBody {
+		return nil, tooLarge(maxBody)
+	}
+	return body, nil
+}
+
+func tooLarge(maxBody int64) *protocol.Error {
+	e := protocol.New(protocol.KindBadRequest, "request body is larger than %d bytes", maxBody)
+	e.Status = http.StatusRequestEntityTooLarge
+	return e
+}
+
+const shapes = "send application/json {\"code\":C,\"appid\":A}, application/x-www-form-urlencoded code=C&appid=A, or text/plain C"
+
+func parseBody(contentType string, body []byte) (protocol.Request, *protocol.Error) {
+	var req protocol.Request
+	mt, _, err := mime.ParseMediaType(contentType)
+	if contentType == "" || err != nil {
+		e := protocol.New(protocol.KindBadRequest, "missing or malformed Content-Type: %s", shapes)
+		e.Status = http.StatusUnsupportedMediaType
+		return req, e
+	}
+	switch mt {
+	case "application/json":
+		return parseJSON(body)
+	case "application/x-www-form-urlencoded":
+		form, err := url.ParseQuery(string(body))
+		if err != nil {
+			return req, protocol.New(protocol.KindBadRequest, "form body is not valid URL encoding")
+		}
+		var e *protocol.Error
+		if req.Code, e = single(form, "code"); e != nil {
+			return req, e
+		}
+		req.AppID, e = single(form, "appid")
+		return req, e
+	case "text/plain":
+		req.Code = string(bytes.TrimSpace(body))
+		return req, nil
+	default:
+		e := protocol.New(protocol.KindBadRequest, "Content-Type %s is not supported: %s", mt, shapes)
+		e.Status = http.StatusUnsupportedMediaType
+		return req, e
+	}
+}
+
+// parseJSON reads {"code":C,"appid":A}. wx.request sends a string body as
+// is, even labelled application/json, so a JSON string or a bare code is
+// taken as the code too (one of the seed clients does exactly that).
+func parseJSON(body []byte) (protocol.Request, *protocol.Error) {
+	var req protocol.Request
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return req, protocol.New(protocol.KindBadRequest, "empty body: %s", shapes)
+	}
+	switch trimmed[0] {
+	case '{':
+		var in struct {
+			Code  *string `json:"code"`
+			AppID *string `json:"appid"`
+		}
+		dec := json.NewDecoder(bytes.NewReader(trimmed))
+		if err := dec.Decode(&in); err != nil || dec.More() {
+			return req, protocol.New(protocol.KindBadRequest, "body is not a JSON object with string fields code and appid")
+		}
+		if in.Code != nil {
+			req.Code = *in.Code
+		}
+		if in.AppID != nil {
+			req.AppID = *in.AppID
+		}
+	case '"':
+		if err := json.Unmarshal(trimmed, &req.Code); err != nil {
+			return req, protocol.New(protocol.KindBadRequest, "body is not a JSON string")
+		}
+	default:
+		req.Code = string(trimmed)
+	}
+	return req, nil
+}

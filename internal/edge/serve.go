@@ -1,0 +1,26 @@
+package edge
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wxlogin/wxlogin/internal/config"
+	"github.com/wxlogin/wxlogin/internal/httpserver"
+)
+
+// Serve runs the edge on addr, asking workers through nc (which it owns
+// and closes), until ctx ends and the requests in flight are answered.
+// cmd/edge and the all-in-one binary both run the edge through here.
+func Serve(ctx context.Context, cfg Config, addr string, nc *nats.Conn, logger *slog.Logger) error {
+	defer nc.Close()
+	srv := httpserver.New(NewServer(cfg, nc, logger), cfg.Timeout+5*time.Second, logger)
+	return httpserver.Run(ctx, srv, addr, cfg.Timeout+time.Second, logger.With("server", "edge"))
+}
+
+// ConfigFrom turns the environment's edge section into a Config.
+func ConfigFrom(cfg config.Edge, subjectPrefix string) Config {
+	return Config{Timeout: cfg.Timeout, MaxBody: cfg.MaxBody, SubjectPrefix: subjectPrefix}
+}

@@ -1,0 +1,314 @@
+// Package exchange is the worker: it turns login codes into openids by
+// calling WeChat, with the secrets it alone holds. It serves the NATS
+// micro service "wxlogin", runs each exchange in its own goroutine (a
+// bounded number at once), rate-limits upstream calls per appid, retries
+// what can succeed on retry within the requester's deadline, and never
+// lets a secret, a session_key or a raw code into a log line or reply.
+package exchange
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/wxlogin/wxlogin/internal/logging"
+	"github.com/wxlogin/wxlogin/internal/protocol"
+	"github.com/wxlogin/wxlogin/internal/wechat"
+)
+
+// Config is what a Worker needs; cmd/worker builds it from the environment.
+type Config struct {
+	Apps           map[string]string // appid → AppSecret
+	SubjectPrefix  string
+	HTTPTimeout    time.Duration // one upstream attempt
+	MaxAttempts    int
+	Rate           float64 // upstream calls per second per appid; 0 = unlimited
+	Burst          int     // 0 = one second's worth of Rate
+	Concurrency    int     // exchanges in flight
+	RequestTimeout time.Duration
+	// BackoffBase is the first retry's maximum backoff; it doubles per
+	// attempt (full jitter). Zero means 100ms.
+	BackoffBase time.Duration
+}
+
+// Worker exchanges codes. Its zero value is not usable; call New.
+type Worker struct {
+	cfg      Config
+	upstream *wechat.Client
+	log      *slog.Logger
+	limiters map[string]*rate.Limiter // fixed at New: no lock needed
+	onlyApp  string                   // the appid when exactly one is configured
+	stats    *stats
+
+	intake // the NATS side, in service.go
+}
+
+// New checks cfg and returns a Worker calling WeChat through upstream.
+func New(cfg Config, upstream *wechat.Client, logger *slog.Logger) (*Worker, error) {
+	if len(cfg.Apps) == 0 {
+		return nil, errors.New("exchange: no apps configured")
+	}
+	if cfg.MaxAttempts < 1 {
+		cfg.MaxAttempts = 1
+	}
+	if cfg.Concurrency < 1 {
+		cfg.Concurrency = 1
+	}
+	if cfg.BackoffBase <= 0 {
+		cfg.BackoffBase = 100 * time.Millisecond
+	}
+	if cfg.SubjectPrefix == "" {
+		cfg.SubjectPrefix = protocol.DefaultSubjectPrefix
+	}
+	w := &Worker{
+		cfg:      cfg,
+		upstream: upstream,
+		log:      logger,
+		limiters: map[string]*rate.Limiter{},
+		stats:    newStats(),
+	}
+	for appid := range cfg.Apps {
+		if cfg.Rate > 0 {
+			burst := cfg.Burst
+			if burst == 0 {
+				burst = int(math.Ceil(cfg.Rate))
+			}
+			w.limiters[appid] = rate.NewLimiter(rate.Limit(cfg.Rate), burst)
+		}
+		if len(cfg.Apps) == 1 {
+			w.onlyApp = appid
+		}
+	}
+	w.intake.init(cfg.Concurrency)
+	return w, nil
+}
+
+// Exchange turns one code into an openid. ctx's deadline is the
+// requester's: nothing waits or retries past it. The error is always a
+// *protocol.Error.
+func (w *Worker) Exchange(ctx context.Context, req protocol.Request) (protocol.Result, error) {
+	start := time.Now()
+	res, o := w.exchange(ctx, req)
+	o.latency = time.Since(start)
+	w.stats.record(o)
+	w.logOutcome(req, o)
+	if o.err != nil {
+		return protocol.Result{}, o.err
+	}
+	return res, nil
+}
+
+// outcome is what one exchange did, for the log line and the stats.
+type outcome struct {
+	appid    string
+	attempts int
+	retries  int
+	lost     bool // a retry found the code used: an earlier attempt's answer was lost
+	rid      string
+	latency  time.Duration
+	err      *protocol.Error
+}
+
+func (w *Worker) exchange(ctx context.Context, req protocol.Request) (protocol.Result, outcome) {
+	o := outcome{appid: req.AppID}
+	if e := req.Validate(); e != nil {
+		o.err = e
+		return protocol.Result{}, o
+	}
+	appid := req.AppID
+	if appid == "" {
+		if w.onlyApp == "" {
+			o.err = protocol.New(protocol.KindAppIDRequired, "several apps are configured: name one with appid")
+			return protocol.Result{}, o
+		}
+		appid = w.onlyApp
+	}
+	o.appid = appid
+	secret, ok := w.cfg.Apps[appid]
+	if !ok {
+		o.err = protocol.New(protocol.KindUnknownApp, "this service does not serve appid %q", appid)
+		return protocol.Result{}, o
+	}
+	s, err := w.withRetries(ctx, appid, secret, req.Code, &o)
+	if err != nil {
+		o.err = err
+		return protocol.Result{}, o
+	}
+	o.rid = s.RID
+	return protocol.Result{OpenID: s.OpenID, UnionID: s.UnionID}, o
+}
+
+// withRetries calls WeChat until an answer is final, attempts run out, or
+// the deadline would be passed.
+func (w *Worker) withRetries(ctx context.Context, appid, secret, code string, o *outcome) (wechat.Session, *protocol.Error) {
+	ambiguous := false // an earlier attempt may have consumed the code
+	for {
+		if e := w.waitForToken(ctx, appid); e != nil {
+			return wechat.Session{}, e
+		}
+		o.attempts++
+		w.stats.upstreamCalls.Add(1)
+		actx, cancel := context.WithTimeout(ctx, w.cfg.HTTPTimeout)
+		s, err := w.upstream.Code2Session(actx, appid, secret, code)
+		cancel()
+		if err == nil {
+			return s, nil
+		}
+		e := protocol.As(err)
+		w.stats.upstreamError(e.WxErrcode)
+		if ctx.Err() != nil {
+			return wechat.Session{}, deadlineError(ctx, e)
+		}
+		if e.Kind == protocol.KindCodeUsed && ambiguous {
+			// WeChat does not say whether a busy or timed-out attempt
+			// consumed the code; this one says an earlier one did.
+			o.lost = true
+			e.Message = "the code was consumed by an earlier attempt whose answer was lost; get a new code"
+			return wechat.Session{}, e
+		}
+		if !e.Temporary || o.attempts >= w.cfg.MaxAttempts {
+			return wechat.Session{}, final(e)
+		}
+		ambiguous = ambiguous || e.Kind != protocol.KindRateLimited
+		pause := w.backoff(o.attempts, e)
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < pause+minAttempt {
+			return wechat.Session{}, final(e)
+		}
+		o.retries++
+		w.stats.retries.Add(1)
+		if !sleep(ctx, pause) {
+			return wechat.Session{}, deadlineError(ctx, e)
+		}
+	}
+}
+
+// minAttempt is the least time worth starting an attempt with.
+const minAttempt = 20 * time.Millisecond
+
+// final turns the last retryable failure into what the client sees.
+func final(e *protocol.Error) *protocol.Error {
+	if e.Kind == protocol.KindRateLimited && e.RetryAfter == 0 {
+		e.RetryAfter = time.Second
+	}
+	if e.Temporary && e.Kind == protocol.KindUpstream {
+		e.Message = "WeChat failed after retries: " + e.Message
+	}
+	return e
+}
+
+// deadlineError reports that the requester's budget ran out.
+func deadlineError(ctx context.Context, last *protocol.Error) *protocol.Error {
+	if errors.Is(context.Cause(ctx), context.Canceled) {
+		return protocol.Wrap(last, protocol.KindUnavailable, "the request was cancelled")
+	}
+	return protocol.Wrap(last, protocol.KindTimeout, "WeChat did not answer within the request's deadline")
+}
+
+// backoff is exponential with full jitter; a frequency limit (45011)
+// waits longer, since WeChat counts per minute.
+func (w *Worker) backoff(attempt int, e *protocol.Error) time.Duration {
+	base := w.cfg.BackoffBase
+	if e.WxErrcode == wechat.ErrcodeRateLimit {
+		base *= 5
+	}
+	ceil := base << (attempt - 1)
+	if limit := 2 * time.Second; ceil > limit {
+		ceil = limit
+	}
+	return time.Duration(rand.Int64N(int64(ceil) + 1))
+}
+
+// waitForToken takes a token of appid's limiter, waiting only as long as
+// the deadline allows; otherwise it fails at once with rate_limited and
+// the wait that a retry would face.
+func (w *Worker) waitForToken(ctx context.Context, appid string) *protocol.Error {
+	lim := w.limiters[appid]
+	if lim == nil {
+		return nil
+	}
+	r := lim.Reserve()
+	d := r.Delay()
+	if d == 0 {
+		return nil
+	}
+	if dl, ok := ctx.Deadline(); !r.OK() || (ok && time.Until(dl) < d+minAttempt) {
+		r.Cancel()
+		w.stats.rateLimited.Add(1)
+		e := protocol.New(protocol.KindRateLimited, "too many logins for this app right now")
+		e.RetryAfter = d
+		return e
+	}
+	if !sleep(ctx, d) {
+		r.Cancel()
+		return deadlineError(ctx, protocol.New(protocol.KindRateLimited, "waiting for the rate limit"))
+	}
+	return nil
+}
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// logOutcome writes the one line per exchange: never the secret, the
+// session_key or the code, only the code's short hash.
+func (w *Worker) logOutcome(req protocol.Request, o outcome) {
+	level := slog.LevelInfo
+	kind := "ok"
+	if o.err != nil {
+		kind = string(o.err.Kind)
+		switch {
+		case wechat.IsMisconfiguration(o.err):
+			level = slog.LevelError
+		case o.err.Kind == protocol.KindUpstream, o.err.Kind == protocol.KindTimeout, o.lost:
+			level = slog.LevelWarn
+		}
+	}
+	ctx := context.Background()
+	if !w.log.Enabled(ctx, level) {
+		return
+	}
+	attrs := make([]slog.Attr, 0, 9)
+	attrs = append(attrs,
+		slog.String("appid", o.appid),
+		slog.String("code", logging.CodeHash(req.Code)),
+		slog.String("outcome", kind),
+		slog.Int("attempts", o.attempts),
+		slog.Duration("latency", o.latency),
+	)
+	if o.rid != "" {
+		attrs = append(attrs, slog.String("rid", o.rid))
+	}
+	if o.err != nil {
+		if o.err.WxErrcode != 0 {
+			attrs = append(attrs, slog.Int("errcode", o.err.WxErrcode))
+		}
+		attrs = append(attrs, logging.Err(o.err))
+	}
+	if o.lost {
+		attrs = append(attrs, slog.Bool("answer_lost", true))
+	}
+	w.log.LogAttrs(ctx, level, "exchange", attrs...)
+}
+
+// String describes the worker's limits for the start-up log.
+func (w *Worker) String() string {
+	r := "unlimited"
+	if w.cfg.Rate > 0 {
+		r = fmt.Sprintf("%g/s", w.cfg.Rate)
+	}
+	return fmt.Sprintf("apps=%d rate=%s attempts=%d concurrency=%d", len(w.cfg.Apps), r, w.cfg.MaxAttempts, w.cfg.Concurrency)
+}

@@ -1,0 +1,60 @@
+package exchange
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/wxlogin/wxlogin/internal/config"
+	"github.com/wxlogin/wxlogin/internal/httpserver"
+	"github.com/wxlogin/wxlogin/internal/version"
+	"github.com/wxlogin/wxlogin/internal/wechat"
+)
+
+// ConfigFrom turns the environment's worker section into a Config.
+func ConfigFrom(cfg config.Worker, subjectPrefix string) Config {
+	apps := make(map[string]string, len(cfg.Apps))
+	for id, secret := range cfg.Apps {
+		apps[id] = string(secret)
+	}
+	return Config{
+		Apps:           apps,
+		SubjectPrefix:  subjectPrefix,
+		HTTPTimeout:    cfg.HTTPTimeout,
+		MaxAttempts:    cfg.MaxAttempts,
+		Rate:           cfg.Rate,
+		Burst:          cfg.Burst,
+		Concurrency:    cfg.Concurrency,
+		RequestTimeout: cfg.RequestTimeout,
+	}
+}
+
+// Serve runs a worker on nc (which it owns and closes) against the
+// WeChat API at apiBase, with its probes on metricsAddr unless empty,
+// until ctx ends and every accepted request has been answered. cmd/worker
+// and the all-in-one binary both run the worker through here.
+func Serve(ctx context.Context, cfg Config, apiBase, metricsAddr string, nc *nats.Conn, logger *slog.Logger) error {
+	client, err := wechat.New(apiBase)
+	if err != nil {
+		nc.Close()
+		return fmt.Errorf("WX_API_BASE: %w", err)
+	}
+	w, err := New(cfg, client, logger)
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return w.Run(gctx, nc, version.Version()) })
+	if metricsAddr != "" {
+		g.Go(func() error {
+			srv := httpserver.New(w.HealthHandler(), 10*time.Second, logger)
+			return httpserver.Run(gctx, srv, metricsAddr, time.Second, logger.With("server", "worker-probes"))
+		})
+	}
+	return g.Wait()
+}

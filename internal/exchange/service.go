@@ -1,0 +1,206 @@
+package exchange
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/wxlogin/wxlogin/internal/logging"
+	"github.com/wxlogin/wxlogin/internal/protocol"
+)
+
+// maxBudget caps the budget a requester may ask for in its header, so a
+// bogus header cannot pin an exchange slot for hours.
+const maxBudget = time.Minute
+
+// intake is the NATS side of a Worker.
+type intake struct {
+	slots chan struct{} // a semaphore: WORKER_CONCURRENCY exchanges at once
+
+	mu       sync.Mutex
+	stopping bool           // set once; after it, exchanges run inline
+	inFlight sync.WaitGroup // exchange goroutines; Add only under mu, before stopping
+
+	nc  *nats.Conn
+	svc micro.Service
+}
+
+func (in *intake) init(concurrency int) {
+	in.slots = make(chan struct{}, concurrency)
+}
+
+// Start registers the micro service on nc and starts taking requests.
+func (w *Worker) Start(nc *nats.Conn, version string) error {
+	w.nc = nc
+	svc, err := micro.AddService(nc, micro.Config{
+		Name:        protocol.ServiceName,
+		Version:     version,
+		Description: "Exchanges WeChat mini-program login codes for openids (auth.code2Session)",
+		QueueGroup:  protocol.QueueGroup,
+		Metadata:    map[string]string{"apps": fmt.Sprint(len(w.cfg.Apps))},
+		StatsHandler: func(*micro.Endpoint) any {
+			return w.Stats()
+		},
+		ErrorHandler: func(_ micro.Service, e *micro.NATSError) {
+			w.log.Error("nats service error", "subject", e.Subject, "error", e.Description)
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("adding micro service: %w", err)
+	}
+	// The subscription delivers messages one at a time and the handler
+	// only starts a goroutine, so the backlog stays small unless every
+	// slot is busy. Then up to this many requests wait in the client; past
+	// it NATS drops messages (logged as slow consumer) and their
+	// requesters time out, instead of the worker buffering without bound.
+	pendingMsgs := max(16*w.cfg.Concurrency, 65536)
+	err = svc.AddEndpoint(protocol.EndpointName, micro.HandlerFunc(w.handle),
+		micro.WithEndpointSubject(protocol.Subject(w.cfg.SubjectPrefix)),
+		micro.WithEndpointPendingLimits(pendingMsgs, 64<<20),
+	)
+	if err != nil {
+		_ = svc.Stop()
+		return fmt.Errorf("adding endpoint %s: %w", protocol.Subject(w.cfg.SubjectPrefix), err)
+	}
+	w.svc = svc
+	w.log.Info("worker serving", "subject", protocol.Subject(w.cfg.SubjectPrefix), "queue", protocol.QueueGroup,
+		"version", version, "limits", w.String())
+	return nil
+}
+
+// handle runs on the subscription's goroutine: it reads what it needs from
+// the message and hands the exchange to a goroutine of its own.
+func (w *Worker) handle(req micro.Request) {
+	received := time.Now()
+	reply := req.Reply()
+	if reply == "" {
+		return // a publish, not a request: nobody to answer
+	}
+	budget := w.cfg.RequestTimeout
+	if ms, err := strconv.Atoi(req.Headers().Get(protocol.HeaderTimeout)); err == nil && ms > 0 {
+		budget = min(time.Duration(ms)*time.Millisecond, maxBudget)
+	}
+	deadline := received.Add(budget)
+	data := req.Data()
+
+	w.mu.Lock()
+	if w.stopping {
+		w.mu.Unlock()
+		// Shutting down: run inline, so that draining the connection
+		// waits for this reply instead of closing under it.
+		w.serve(reply, data, deadline)
+		return
+	}
+	w.inFlight.Add(1)
+	w.mu.Unlock()
+
+	w.slots <- struct{}{}
+	go func() {
+		defer func() {
+			<-w.slots
+			w.inFlight.Done()
+		}()
+		w.serve(reply, data, deadline)
+	}()
+}
+
+// serve exchanges one request and publishes the reply. It answers through
+// the connection, not through micro's Request, whose bookkeeping is not
+// safe to touch after the handler returned.
+func (w *Worker) serve(reply string, data []byte, deadline time.Time) {
+	w.stats.inFlight.Add(1)
+	defer w.stats.inFlight.Add(-1)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+
+	var msg *nats.Msg
+	req, e := protocol.DecodeRequest(data)
+	if e != nil {
+		w.stats.record(outcome{err: e})
+		msg = protocol.ErrorMsg(e)
+	} else if res, err := w.Exchange(ctx, req); err != nil {
+		msg = protocol.ErrorMsg(protocol.As(err))
+	} else {
+		msg = protocol.ResultMsg(res)
+	}
+	msg.Subject = reply
+	if err := w.nc.PublishMsg(msg); err != nil {
+		w.log.Warn("reply not sent", "code", logging.CodeHash(req.Code), logging.Err(err))
+	}
+}
+
+// Ready reports whether the worker takes requests: connected and not
+// shutting down.
+func (w *Worker) Ready() bool {
+	w.mu.Lock()
+	stopping := w.stopping
+	w.mu.Unlock()
+	return !stopping && w.svc != nil && w.nc.IsConnected()
+}
+
+// Run serves on nc until ctx ends, then shuts down in the only order that
+// loses nothing: stop intake, let exchanges in flight finish and reply,
+// then drain the connection. Run owns nc: it is closed when Run returns.
+func (w *Worker) Run(ctx context.Context, nc *nats.Conn, version string) error {
+	if err := w.Start(nc, version); err != nil {
+		nc.Close()
+		return err
+	}
+	<-ctx.Done()
+	return w.Shutdown()
+}
+
+// Shutdown stops the worker started with Start and closes its connection.
+// It returns once every request it accepted has been answered; that takes
+// at most the longest remaining request budget.
+func (w *Worker) Shutdown() error {
+	w.mu.Lock()
+	w.stopping = true
+	w.mu.Unlock()
+	w.log.Info("worker stopping: no new requests; finishing those in flight", "in_flight", w.stats.inFlight.Load())
+
+	// Stop drains the endpoint's subscription: the server sends no more,
+	// and what already arrived is still handled (inline, see handle).
+	var errs []error
+	if err := w.svc.Stop(); err != nil {
+		errs = append(errs, fmt.Errorf("stopping micro service: %w", err))
+	}
+	w.inFlight.Wait()
+
+	closed := make(chan struct{})
+	w.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := w.nc.Drain(); err != nil {
+		if !errors.Is(err, nats.ErrConnectionClosed) {
+			errs = append(errs, fmt.Errorf("draining nats: %w", err))
+		}
+		w.nc.Close()
+	} else {
+		<-closed // Drain ends in Close, after its own DrainTimeout at worst
+	}
+	w.log.Info("worker stopped")
+	return errors.Join(errs...)
+}
+
+// HealthHandler serves the worker's probes: /healthz while the process
+// runs, /readyz while it takes requests.
+func (w *Worker) HealthHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) {
+		rw.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, _ *http.Request) {
+		if !w.Ready() {
+			http.Error(rw, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		rw.Write([]byte("ready\n"))
+	})
+	return mux
+}
