@@ -93,6 +93,8 @@ func New(cfg Config, upstream *wechat.Client, logger *slog.Logger) (*Worker, err
 // requester's: nothing waits or retries past it. The error is always a
 // *protocol.Error.
 func (w *Worker) Exchange(ctx context.Context, req protocol.Request) (protocol.Result, error) {
+	w.stats.inFlight.Add(1)
+	defer w.stats.inFlight.Add(-1)
 	start := time.Now()
 	res, o := w.exchange(ctx, req)
 	o.latency = time.Since(start)

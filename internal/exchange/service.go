@@ -22,7 +22,13 @@ const maxBudget = time.Minute
 
 // intake is the NATS side of a Worker.
 type intake struct {
-	slots chan struct{} // a semaphore: WORKER_CONCURRENCY exchanges at once
+	// slots admits WORKER_CONCURRENCY exchanges at once; admitted bounds
+	// the exchanges accepted, running or waiting for a slot. Waiting
+	// happens in the exchange's goroutine, against its own deadline: if
+	// the handler waited instead, the messages queued behind it would
+	// start their budget clocks late and outlive their requesters.
+	slots    chan struct{}
+	admitted chan struct{}
 
 	mu       sync.Mutex
 	stopping bool           // set once; after it, exchanges run inline
@@ -32,8 +38,13 @@ type intake struct {
 	svc micro.Service
 }
 
+// waitingPerSlot is how many accepted exchanges may wait per slot. Only
+// when that many wait does the handler block, and NATS buffer the rest.
+const waitingPerSlot = 8
+
 func (in *intake) init(concurrency int) {
 	in.slots = make(chan struct{}, concurrency)
+	in.admitted = make(chan struct{}, concurrency*(1+waitingPerSlot))
 }
 
 // Start registers the micro service on nc and starts taking requests.
@@ -101,10 +112,10 @@ func (w *Worker) handle(req micro.Request) {
 	w.inFlight.Add(1)
 	w.mu.Unlock()
 
-	w.slots <- struct{}{}
+	w.admitted <- struct{}{}
 	go func() {
 		defer func() {
-			<-w.slots
+			<-w.admitted
 			w.inFlight.Done()
 		}()
 		w.serve(reply, data, deadline)
@@ -115,13 +126,19 @@ func (w *Worker) handle(req micro.Request) {
 // the connection, not through micro's Request, whose bookkeeping is not
 // safe to touch after the handler returned.
 func (w *Worker) serve(reply string, data []byte, deadline time.Time) {
-	w.stats.inFlight.Add(1)
-	defer w.stats.inFlight.Add(-1)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 
 	var msg *nats.Msg
 	req, e := protocol.DecodeRequest(data)
+	if e == nil {
+		select {
+		case w.slots <- struct{}{}:
+			defer func() { <-w.slots }()
+		case <-ctx.Done():
+			e = protocol.New(protocol.KindTimeout, "the worker was too busy to start this exchange within its deadline")
+		}
+	}
 	if e != nil {
 		w.stats.record(outcome{err: e})
 		msg = protocol.ErrorMsg(e)
