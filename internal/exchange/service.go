@@ -49,7 +49,9 @@ func (in *intake) init(concurrency int) {
 
 // Start registers the micro service on nc and starts taking requests.
 func (w *Worker) Start(nc *nats.Conn, version string) error {
+	w.mu.Lock()
 	w.nc = nc
+	w.mu.Unlock()
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        protocol.ServiceName,
 		Version:     version,
@@ -80,7 +82,9 @@ func (w *Worker) Start(nc *nats.Conn, version string) error {
 		_ = svc.Stop()
 		return fmt.Errorf("adding endpoint %s: %w", protocol.Subject(w.cfg.SubjectPrefix), err)
 	}
+	w.mu.Lock()
 	w.svc = svc
+	w.mu.Unlock()
 	w.log.Info("worker serving", "subject", protocol.Subject(w.cfg.SubjectPrefix), "queue", protocol.QueueGroup,
 		"version", version, "limits", w.String())
 	return nil
@@ -157,9 +161,8 @@ func (w *Worker) serve(reply string, data []byte, deadline time.Time) {
 // shutting down.
 func (w *Worker) Ready() bool {
 	w.mu.Lock()
-	stopping := w.stopping
-	w.mu.Unlock()
-	return !stopping && w.svc != nil && w.nc.IsConnected()
+	defer w.mu.Unlock()
+	return !w.stopping && w.svc != nil && w.nc.IsConnected()
 }
 
 // Run serves on nc until ctx ends, then shuts down in the only order that
@@ -180,7 +183,11 @@ func (w *Worker) Run(ctx context.Context, nc *nats.Conn, version string) error {
 func (w *Worker) Shutdown() error {
 	w.mu.Lock()
 	w.stopping = true
+	started := w.svc != nil
 	w.mu.Unlock()
+	if !started {
+		return nil
+	}
 	w.log.Info("worker stopping: no new requests; finishing those in flight", "in_flight", w.stats.inFlight.Load())
 
 	// Stop drains the endpoint's subscription: the server sends no more,
@@ -194,7 +201,8 @@ func (w *Worker) Shutdown() error {
 	closed := make(chan struct{})
 	w.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
 	if err := w.nc.Drain(); err != nil {
-		if !errors.Is(err, nats.ErrConnectionClosed) {
+		// Closed or reconnecting: there is nothing to drain to.
+		if !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrConnectionReconnecting) {
 			errs = append(errs, fmt.Errorf("draining nats: %w", err))
 		}
 		w.nc.Close()

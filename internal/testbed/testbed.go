@@ -9,6 +9,8 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"sync"
@@ -22,7 +24,6 @@ import (
 	"github.com/wxlogin/wxlogin/internal/embednats"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
-	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 	"github.com/wxlogin/wxlogin/internal/wechat"
@@ -184,5 +185,24 @@ func (b *Buffer) String() string {
 	return b.buf.String()
 }
 
-// Discard is a logger for pieces whose logs a test does not read.
-var Discard = logging.Discard()
+// FreeAddr returns a loopback address with a port that was free a moment
+// ago, for binaries that must be told their address up front.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// HTTPStatus is the status of GET u, or 0 when nothing answers.
+func HTTPStatus(u string) int {
+	resp, err := http.Get(u)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
