@@ -160,7 +160,7 @@ func (n *NATS) validate() error {
 	for _, u := range strings.Split(n.URL, ",") {
 		pu, err := url.Parse(strings.TrimSpace(u))
 		if err != nil || pu.Host == "" {
-			errs = append(errs, fmt.Errorf("NATS_URL: want nats://host:port[,nats://...], got %q", n.URL))
+			errs = append(errs, errors.New("NATS_URL: want nats://host:port[,nats://...]"))
 			break
 		}
 	}

@@ -2,11 +2,13 @@ package config
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/wxlogin/wxlogin/internal/protocol"
@@ -24,6 +26,13 @@ func (s Secret) String() string {
 
 // LogValue keeps slog from printing the value.
 func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// GoString keeps %#v from printing the value.
+func (s Secret) GoString() string { return strconv.Quote(s.String()) }
+
+// MarshalJSON keeps JSON, and so slog's JSON handler logging a config
+// struct, from printing the value.
+func (s Secret) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
 
 // Apps maps appid to AppSecret. It prints appids only.
 type Apps map[string]Secret

@@ -111,7 +111,7 @@ func parseBody(contentType string, body []byte) (protocol.Request, *protocol.Err
 		req.AppID, e = single(form, "appid")
 		return req, e
 	case "text/plain":
-		req.Code = string(bytes.TrimSpace(body))
+		req.Code = string(trimASCIISpace(body))
 		return req, nil
 	default:
 		e := protocol.New(protocol.KindBadRequest, "Content-Type %s is not supported: %s", mt, shapes)
@@ -125,7 +125,7 @@ func parseBody(contentType string, body []byte) (protocol.Request, *protocol.Err
 // taken as the code too (one of the seed clients does exactly that).
 func parseJSON(body []byte) (protocol.Request, *protocol.Error) {
 	var req protocol.Request
-	trimmed := bytes.TrimSpace(body)
+	trimmed := trimASCIISpace(body)
 	if len(trimmed) == 0 {
 		return req, protocol.New(protocol.KindBadRequest, "empty body: %s", shapes)
 	}
@@ -135,8 +135,8 @@ func parseJSON(body []byte) (protocol.Request, *protocol.Error) {
 			Code  *string `json:"code"`
 			AppID *string `json:"appid"`
 		}
-		dec := json.NewDecoder(bytes.NewReader(trimmed))
-		if err := dec.Decode(&in); err != nil || dec.More() {
+		// Unmarshal, unlike a Decoder, refuses anything after the object.
+		if err := json.Unmarshal(trimmed, &in); err != nil {
 			return req, protocol.New(protocol.KindBadRequest, "body is not a JSON object with string fields code and appid")
 		}
 		if in.Code != nil {
@@ -154,3 +154,8 @@ func parseJSON(body []byte) (protocol.Request, *protocol.Error) {
 	}
 	return req, nil
 }
+
+// trimASCIISpace drops the ASCII white space around a body, such as a
+// trailing newline. Unicode spaces (U+00A0, U+0085) stay, so a code
+// wrapped in them is refused rather than repaired.
+func trimASCIISpace(b []byte) []byte { return bytes.Trim(b, " \t\r\n\v\f") }

@@ -143,9 +143,9 @@ func DecodeReply(m *nats.Msg) (Result, *Error) {
 // RetryAfterSeconds rounds d up to whole seconds, at least 1, as
 // Retry-After wants.
 func RetryAfterSeconds(d time.Duration) int {
-	s := int((d + time.Second - 1) / time.Second)
-	if s < 1 {
-		s = 1
+	const most = 24 * time.Hour
+	if d > most {
+		d = most
 	}
-	return s
+	return max(int((d+time.Second-1)/time.Second), 1)
 }
