@@ -37,7 +37,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	logger := logging.New(stderr, cfg.Level, cfg.Format)
-	logger.Info("edge starting", "addr", cfg.Addr, "timeout", cfg.Timeout, "nats", cfg.URL)
+	logger.Info("edge starting", "addr", cfg.Addr, "timeout", cfg.Timeout, "nats", natsconn.Redact(cfg.URL))
 
 	// No reconnect buffer: while NATS is away, requests fail fast with 503
 	// instead of waiting in a buffer for the deadline.

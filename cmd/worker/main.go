@@ -36,7 +36,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	logger := logging.New(stderr, cfg.Level, cfg.Format)
-	logger.Info("worker starting", "apps", cfg.Apps, "api", cfg.APIBase, "nats", cfg.URL)
+	logger.Info("worker starting", "apps", cfg.Apps, "api", cfg.APIBase, "nats", natsconn.Redact(cfg.URL))
 
 	nc, err := natsconn.Connect(cfg.NATS, "wxlogin-worker", logger)
 	if err != nil {

@@ -82,6 +82,13 @@ func (w *Worker) Start(nc *nats.Conn, version string) error {
 		_ = svc.Stop()
 		return fmt.Errorf("adding endpoint %s: %w", protocol.Subject(w.cfg.SubjectPrefix), err)
 	}
+	// Once Start returns, the server knows the subscription: a request
+	// sent now reaches this worker instead of finding no responders.
+	if nc.IsConnected() {
+		if err := nc.FlushTimeout(5 * time.Second); err != nil {
+			w.log.Warn("nats flush after subscribing failed", logging.Err(err))
+		}
+	}
 	w.mu.Lock()
 	w.svc = svc
 	w.mu.Unlock()

@@ -99,13 +99,13 @@ func Connect(cfg config.NATS, name string, logger *slog.Logger, extra ...nats.Op
 		return nil, fmt.Errorf("connecting to nats: %w", err)
 	}
 	if !nc.IsConnected() {
-		logger.Warn("nats not reachable yet; retrying in the background", "url", redact(cfg.URL))
+		logger.Warn("nats not reachable yet; retrying in the background", "url", Redact(cfg.URL))
 	}
 	return nc, nil
 }
 
-// redact hides passwords in nats://user:password@host URLs.
-func redact(urls string) string {
+// Redact hides passwords in nats://user:password@host URLs.
+func Redact(urls string) string {
 	parts := strings.Split(urls, ",")
 	for i, p := range parts {
 		if u, err := url.Parse(strings.TrimSpace(p)); err == nil {
