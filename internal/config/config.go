@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -24,7 +26,9 @@ type NATS struct {
 	NKey          string `envconfig:"NATS_NKEY" desc:"path of an nkey seed file"`
 	User          string `envconfig:"NATS_USER" desc:"NATS user name"`
 	Password      Secret `envconfig:"NATS_PASSWORD" desc:"NATS password"`
+	PasswordFile  string `envconfig:"NATS_PASSWORD_FILE" desc:"path of a file holding the NATS password (mounted secrets); read at every connect"`
 	Token         Secret `envconfig:"NATS_TOKEN" desc:"NATS token"`
+	TokenFile     string `envconfig:"NATS_TOKEN_FILE" desc:"path of a file holding the NATS token (mounted secrets); read at every connect"`
 	TLSCA         string `envconfig:"NATS_TLS_CA" desc:"path of a CA bundle to verify the NATS server"`
 	TLSCert       string `envconfig:"NATS_TLS_CERT" desc:"path of a client certificate for NATS (with NATS_TLS_KEY)"`
 	TLSKey        string `envconfig:"NATS_TLS_KEY" desc:"path of the client certificate's key"`
@@ -42,6 +46,11 @@ type Edge struct {
 	Addr    string        `envconfig:"EDGE_ADDR" default:":8080" desc:"HTTP listen address"`
 	Timeout time.Duration `envconfig:"EDGE_TIMEOUT" default:"5s" desc:"budget of one request, end to end"`
 	MaxBody int64         `envconfig:"EDGE_MAX_BODY" default:"4096" desc:"largest request body in bytes"`
+	// The per-client limit is off by default: behind a proxy that does not
+	// set X-Forwarded-For, every user would share the proxy's bucket.
+	ClientRate  float64 `envconfig:"EDGE_CLIENT_RATE" default:"0" desc:"requests per second per client IP on /v1/openid; 0 = off"`
+	ClientBurst int     `envconfig:"EDGE_CLIENT_BURST" default:"0" desc:"requests a client IP may send at once above EDGE_CLIENT_RATE; 0 = one second's worth"`
+	TrustProxy  bool    `envconfig:"EDGE_TRUST_PROXY" default:"false" desc:"take the client IP from the first X-Forwarded-For hop; only behind a proxy that overwrites that header"`
 }
 
 // Worker configures the exchange worker.
@@ -56,6 +65,9 @@ type Worker struct {
 	Concurrency    int           `envconfig:"WORKER_CONCURRENCY" default:"1024" desc:"exchanges in flight per worker"`
 	RequestTimeout time.Duration `envconfig:"WORKER_REQUEST_TIMEOUT" default:"5s" desc:"budget of a NATS request that carries no Wxlogin-Timeout-Ms header"`
 	MetricsAddr    string        `envconfig:"WORKER_METRICS_ADDR" default:":9091" desc:"address of /healthz and /readyz; empty disables"`
+	ResultTTL      time.Duration `envconfig:"WX_RESULT_TTL" default:"5m" desc:"how long an exchange's answer is kept for retries and duplicates"`
+	ClaimTTL       time.Duration `envconfig:"WX_CLAIM_TTL" default:"3s" desc:"how long a worker's claim on a code outlives the worker (min 1s)"`
+	KVReplicas     int           `envconfig:"WORKER_KV_REPLICAS" default:"1" desc:"replicas of the JetStream answers bucket (3 on a 3-node cluster)"`
 }
 
 // EdgeConfig is cmd/edge's configuration.
@@ -170,6 +182,30 @@ func (n *NATS) validate() error {
 	if n.Password != "" && n.User == "" {
 		errs = append(errs, errors.New("NATS_PASSWORD: set NATS_USER too"))
 	}
+	if n.PasswordFile != "" && n.User == "" {
+		errs = append(errs, errors.New("NATS_PASSWORD_FILE: set NATS_USER too"))
+	}
+	if n.Password != "" && n.PasswordFile != "" {
+		errs = append(errs, errors.New("NATS_PASSWORD and NATS_PASSWORD_FILE: set one, not both"))
+	}
+	if n.Token != "" && n.TokenFile != "" {
+		errs = append(errs, errors.New("NATS_TOKEN and NATS_TOKEN_FILE: set one, not both"))
+	}
+	// The files are read again at every (re)connect, so that a rotated
+	// Kubernetes secret takes effect without a restart; reading them once
+	// here makes a wrong path stop the program at start instead.
+	for _, f := range []struct{ name, path string }{{"NATS_PASSWORD_FILE", n.PasswordFile}, {"NATS_TOKEN_FILE", n.TokenFile}} {
+		if f.path == "" {
+			continue
+		}
+		b, err := os.ReadFile(f.path)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s: %w", f.name, err))
+		case strings.TrimSpace(string(b)) == "":
+			errs = append(errs, fmt.Errorf("%s: %s is empty", f.name, f.path))
+		}
+	}
 	if !validPrefix(n.SubjectPrefix) {
 		errs = append(errs, errors.New("NATS_SUBJECT_PREFIX: want NATS subject tokens without spaces or wildcards"))
 	}
@@ -193,6 +229,14 @@ func (e *Edge) validate() error {
 	}
 	if e.MaxBody < 64 {
 		errs = append(errs, errors.New("EDGE_MAX_BODY: must be at least 64 bytes"))
+	}
+	// Written so that NaN fails too; +Inf would mean no limit at all,
+	// which is what 0 already says.
+	if !(e.ClientRate >= 0) || math.IsInf(e.ClientRate, 0) {
+		errs = append(errs, errors.New("EDGE_CLIENT_RATE: must be a finite number, 0 or more"))
+	}
+	if e.ClientBurst < 0 {
+		errs = append(errs, errors.New("EDGE_CLIENT_BURST: must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -227,6 +271,15 @@ func (w *Worker) validate(appsRequired bool) error {
 	}
 	if w.RequestTimeout <= 0 {
 		errs = append(errs, errors.New("WORKER_REQUEST_TIMEOUT: must be positive"))
+	}
+	if w.ResultTTL < time.Minute {
+		errs = append(errs, errors.New("WX_RESULT_TTL: must be at least 1m (codes live 5m)"))
+	}
+	if w.ClaimTTL < time.Second {
+		errs = append(errs, errors.New("WX_CLAIM_TTL: must be at least 1s"))
+	}
+	if w.KVReplicas < 1 || w.KVReplicas > 5 {
+		errs = append(errs, errors.New("WORKER_KV_REPLICAS: must be 1 to 5"))
 	}
 	if w.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(w.MetricsAddr); err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/wxlogin/wxlogin/internal/dedup"
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 	"github.com/wxlogin/wxlogin/internal/wechat"
@@ -35,16 +36,26 @@ type Config struct {
 	// BackoffBase is the first retry's maximum backoff; it doubles per
 	// attempt (full jitter). Zero means 100ms.
 	BackoffBase time.Duration
+
+	// De-duplication (package dedup): answers are kept ResultTTL; a dead
+	// worker's claim on a code expires after ClaimTTL.
+	ResultTTL  time.Duration
+	ClaimTTL   time.Duration
+	KVReplicas int
+	// NoDedup turns de-duplication off entirely: for benchmarks that
+	// measure its cost, never for production.
+	NoDedup bool
 }
 
 // Worker exchanges codes. Its zero value is not usable; call New.
 type Worker struct {
 	cfg      Config
-	upstream *wechat.Client
+	wx       *wechat.Client
 	log      *slog.Logger
 	limiters map[string]*rate.Limiter // fixed at New: no lock needed
 	onlyApp  string                   // the appid when exactly one is configured
 	stats    *stats
+	dedup    *dedup.Store // nil with NoDedup
 
 	intake // the NATS side, in service.go
 }
@@ -68,7 +79,7 @@ func New(cfg Config, upstream *wechat.Client, logger *slog.Logger) (*Worker, err
 	}
 	w := &Worker{
 		cfg:      cfg,
-		upstream: upstream,
+		wx:       upstream,
 		log:      logger,
 		limiters: map[string]*rate.Limiter{},
 		stats:    newStats(),
@@ -84,6 +95,12 @@ func New(cfg Config, upstream *wechat.Client, logger *slog.Logger) (*Worker, err
 		if len(cfg.Apps) == 1 {
 			w.onlyApp = appid
 		}
+	}
+	if !cfg.NoDedup {
+		w.dedup = dedup.New(dedup.Options{
+			ResultTTL: cfg.ResultTTL, ClaimTTL: cfg.ClaimTTL,
+			Bucket: dedup.BucketName(cfg.SubjectPrefix), Replicas: cfg.KVReplicas,
+		}, logger)
 	}
 	w.intake.init(cfg.Concurrency)
 	return w, nil
@@ -114,6 +131,7 @@ type outcome struct {
 	lost     bool // a retry found the code used: an earlier attempt's answer was lost
 	rid      string
 	latency  time.Duration
+	source   dedup.Source
 	err      *protocol.Error
 }
 
@@ -137,13 +155,33 @@ func (w *Worker) exchange(ctx context.Context, req protocol.Request) (protocol.R
 		o.err = protocol.New(protocol.KindUnknownApp, "this service does not serve appid %q", appid)
 		return protocol.Result{}, o
 	}
-	s, err := w.withRetries(ctx, appid, secret, req.Code, &o)
+	if w.dedup == nil {
+		return w.upstream(ctx, appid, secret, req.Code, &o)
+	}
+	// up is written by the exchange function, which may run in another
+	// goroutine; it is read only when Do says that function was ours.
+	up := outcome{appid: appid}
+	res, e, src := w.dedup.Do(ctx, dedup.Key(secret, appid, req.Code), func(ctx context.Context) (protocol.Result, *protocol.Error) {
+		res, o := w.upstream(ctx, appid, secret, req.Code, &up)
+		return res, o.err
+	})
+	if src == dedup.FromUpstream {
+		o = up
+	}
+	o.source, o.err = src, e
+	w.stats.dedupHit(src)
+	return res, o
+}
+
+// upstream is the exchange proper: rate limit, call, retry.
+func (w *Worker) upstream(ctx context.Context, appid, secret, code string, o *outcome) (protocol.Result, outcome) {
+	s, err := w.withRetries(ctx, appid, secret, code, o)
 	if err != nil {
 		o.err = err
-		return protocol.Result{}, o
+		return protocol.Result{}, *o
 	}
 	o.rid = s.RID
-	return protocol.Result{OpenID: s.OpenID, UnionID: s.UnionID}, o
+	return protocol.Result{OpenID: s.OpenID, UnionID: s.UnionID}, *o
 }
 
 // withRetries calls WeChat until an answer is final, attempts run out, or
@@ -157,7 +195,7 @@ func (w *Worker) withRetries(ctx context.Context, appid, secret, code string, o 
 		o.attempts++
 		w.stats.upstreamCalls.Add(1)
 		actx, cancel := context.WithTimeout(ctx, w.cfg.HTTPTimeout)
-		s, err := w.upstream.Code2Session(actx, appid, secret, code)
+		s, err := w.wx.Code2Session(actx, appid, secret, code)
 		cancel()
 		if err == nil {
 			return s, nil
@@ -302,6 +340,9 @@ func (w *Worker) logOutcome(req protocol.Request, o outcome) {
 	}
 	if o.lost {
 		attrs = append(attrs, slog.Bool("answer_lost", true))
+	}
+	if o.source != dedup.FromUpstream {
+		attrs = append(attrs, slog.String("answered_from", o.source.String()))
 	}
 	w.log.LogAttrs(ctx, level, "exchange", attrs...)
 }

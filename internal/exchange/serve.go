@@ -30,6 +30,9 @@ func ConfigFrom(cfg config.Worker, subjectPrefix string) Config {
 		Burst:          cfg.Burst,
 		Concurrency:    cfg.Concurrency,
 		RequestTimeout: cfg.RequestTimeout,
+		ResultTTL:      cfg.ResultTTL,
+		ClaimTTL:       cfg.ClaimTTL,
+		KVReplicas:     cfg.KVReplicas,
 	}
 }
 

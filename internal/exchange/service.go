@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/wxlogin/wxlogin/internal/dedup"
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 )
@@ -34,8 +35,9 @@ type intake struct {
 	stopping bool           // set once; after it, exchanges run inline
 	inFlight sync.WaitGroup // exchange goroutines; Add only under mu, before stopping
 
-	nc  *nats.Conn
-	svc micro.Service
+	nc       *nats.Conn
+	svc      micro.Service
+	stopBind context.CancelFunc
 }
 
 // waitingPerSlot is how many accepted exchanges may wait per slot. Only
@@ -89,9 +91,14 @@ func (w *Worker) Start(nc *nats.Conn, version string) error {
 			w.log.Warn("nats flush after subscribing failed", logging.Err(err))
 		}
 	}
+	bindCtx, stopBind := context.WithCancel(context.Background())
 	w.mu.Lock()
 	w.svc = svc
+	w.stopBind = stopBind
 	w.mu.Unlock()
+	if w.dedup != nil {
+		go w.bindStore(bindCtx, nc)
+	}
 	w.log.Info("worker serving", "subject", protocol.Subject(w.cfg.SubjectPrefix), "queue", protocol.QueueGroup,
 		"version", version, "limits", w.String())
 	return nil
@@ -164,6 +171,46 @@ func (w *Worker) serve(reply string, data []byte, deadline time.Time) {
 	}
 }
 
+// bindStore turns on cross-worker de-duplication once JetStream answers.
+// Until then, and for good when the server has no JetStream, exchanges
+// are de-duplicated per worker only.
+func (w *Worker) bindStore(ctx context.Context, nc *nats.Conn) {
+	pause := 250 * time.Millisecond
+	for {
+		bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := w.dedup.Bind(bctx, nc)
+		cancel()
+		switch {
+		case err == nil:
+			w.log.Info("cross-worker de-duplication on", "bucket", dedup.BucketName(w.cfg.SubjectPrefix))
+			return
+		case errors.Is(err, dedup.ErrNoJetStream):
+			w.log.Warn("cross-worker de-duplication is OFF: the NATS server has no JetStream; " +
+				"duplicates are collapsed per worker only")
+			return
+		case ctx.Err() != nil:
+			return
+		}
+		w.log.Debug("kv bucket not bound yet; retrying", logging.Err(err))
+		if !sleep(ctx, pause) {
+			return
+		}
+		pause = min(2*pause, 5*time.Second)
+	}
+}
+
+// DedupMode says how far de-duplication reaches: "shared" (the pool, via
+// JetStream), "local" (this worker), or "off".
+func (w *Worker) DedupMode() string {
+	switch {
+	case w.dedup == nil:
+		return "off"
+	case w.dedup.Shared():
+		return "shared"
+	}
+	return "local"
+}
+
 // Ready reports whether the worker takes requests: connected and not
 // shutting down.
 func (w *Worker) Ready() bool {
@@ -195,6 +242,7 @@ func (w *Worker) Shutdown() error {
 	if !started {
 		return nil
 	}
+	w.stopBind()
 	w.log.Info("worker stopping: no new requests; finishing those in flight", "in_flight", w.stats.inFlight.Load())
 
 	// Stop drains the endpoint's subscription: the server sends no more,
@@ -232,7 +280,7 @@ func (w *Worker) HealthHandler() http.Handler {
 			http.Error(rw, "not ready", http.StatusServiceUnavailable)
 			return
 		}
-		rw.Write([]byte("ready\n"))
+		fmt.Fprintf(rw, "ready (de-duplication: %s)\n", w.DedupMode())
 	})
 	return mux
 }

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wxlogin/wxlogin/internal/dedup"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 )
 
@@ -21,6 +22,7 @@ type stats struct {
 	rateLimited   atomic.Int64
 	lostAnswers   atomic.Int64
 	latencyNanos  atomic.Int64
+	deduped       atomic.Int64
 	byKind        map[protocol.Kind]*atomic.Int64 // fixed keys: no lock
 
 	mu        sync.Mutex
@@ -55,6 +57,12 @@ func (s *stats) record(o outcome) {
 	}
 }
 
+func (s *stats) dedupHit(src dedup.Source) {
+	if src != dedup.FromUpstream {
+		s.deduped.Add(1)
+	}
+}
+
 func (s *stats) upstreamError(errcode int) {
 	if errcode == 0 {
 		return
@@ -76,6 +84,8 @@ type Stats struct {
 	Retries       int64            `json:"retries"`
 	RateLimited   int64            `json:"rate_limited"`
 	LostAnswers   int64            `json:"lost_answers"`
+	Deduplicated  int64            `json:"deduplicated"`
+	Dedup         string           `json:"dedup"`
 	AvgLatency    string           `json:"average_latency"`
 	LastError     string           `json:"last_error,omitempty"`
 	LastErrorAt   *time.Time       `json:"last_error_at,omitempty"`
@@ -94,6 +104,8 @@ func (w *Worker) Stats() Stats {
 		Retries:       s.retries.Load(),
 		RateLimited:   s.rateLimited.Load(),
 		LostAnswers:   s.lostAnswers.Load(),
+		Deduplicated:  s.deduped.Load(),
+		Dedup:         w.DedupMode(),
 	}
 	if out.Requests > 0 {
 		out.AvgLatency = (time.Duration(s.latencyNanos.Load() / out.Requests)).String()

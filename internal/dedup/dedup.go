@@ -1,0 +1,396 @@
+// Package dedup makes a login code's exchange happen once across the
+// whole worker pool, so that a retried or duplicated request gets the
+// first exchange's answer instead of WeChat's "code been used".
+//
+// Three layers, cheapest first:
+//   - a per-worker cache of recent answers;
+//   - per-worker collapsing of concurrent duplicates (singleflight): the
+//     followers wait for the leader's answer within their own deadlines;
+//   - across workers, a JetStream key-value bucket. The leader claims the
+//     key with Create (a claim that expires by itself after ClaimTTL, so a
+//     dead worker blocks nobody for long), calls WeChat, and then writes
+//     the answer. Other workers that meet the claim poll for the answer.
+//
+// Only the claim is on the critical path. The answer is written by an
+// asynchronous publish that goes out before the reply on the same
+// connection, so the server stores it before the requester can see the
+// reply, without the worker waiting for the acknowledgement.
+//
+// Keys are an HMAC of appid and code under the app's secret: never the raw
+// code. Stored values hold only what a reply needs: openid and unionid, or
+// a terminal error. Never a session_key.
+package dedup
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/wxlogin/wxlogin/internal/logging"
+	"github.com/wxlogin/wxlogin/internal/protocol"
+)
+
+// Options configure a Store.
+type Options struct {
+	ResultTTL time.Duration // how long answers are kept (at least a code's 5-minute life)
+	ClaimTTL  time.Duration // how long a claim blocks others if its worker dies; at least 1s
+	// Bucket is the KV bucket's name; Replicas its replica count.
+	Bucket   string
+	Replicas int
+	// LocalMax caps the per-worker cache; 0 means 100,000 answers.
+	LocalMax int
+}
+
+// Source says where an answer came from, for stats.
+type Source int
+
+// The sources of an answer.
+const (
+	FromUpstream Source = iota // this call ran the exchange
+	FromFlight                 // a concurrent duplicate on this worker ran it
+	FromCache                  // this worker's recent answers
+	FromStore                  // the shared bucket (another worker, or earlier)
+)
+
+func (s Source) String() string {
+	switch s {
+	case FromUpstream:
+		return "upstream"
+	case FromFlight:
+		return "duplicate_in_flight"
+	case FromCache:
+		return "worker_cache"
+	case FromStore:
+		return "shared_store"
+	}
+	return "unknown"
+}
+
+// Exchange runs the real exchange; dedup calls it at most once per key.
+type Exchange func(ctx context.Context) (protocol.Result, *protocol.Error)
+
+// Store de-duplicates exchanges. Until Bind succeeds it works per worker.
+type Store struct {
+	opts   Options
+	log    *slog.Logger
+	flight singleflight.Group
+	cache  *cache
+
+	kv     atomic.Pointer[jetstream.KeyValue] // nil: per-worker only
+	js     jetstream.JetStream
+	subjPx string // "$KV.<bucket>."
+
+	lastWarn atomic.Int64 // unix nanos of the last degraded-mode warning
+}
+
+// New returns a Store that de-duplicates within this worker.
+func New(opts Options, logger *slog.Logger) *Store {
+	if opts.ResultTTL <= 0 {
+		opts.ResultTTL = 5 * time.Minute
+	}
+	if opts.ClaimTTL < time.Second {
+		opts.ClaimTTL = time.Second
+	}
+	if opts.Bucket == "" {
+		opts.Bucket = BucketName(protocol.DefaultSubjectPrefix)
+	}
+	if opts.Replicas < 1 {
+		opts.Replicas = 1
+	}
+	if opts.LocalMax <= 0 {
+		opts.LocalMax = 100_000
+	}
+	return &Store{opts: opts, log: logger, cache: newCache(opts.ResultTTL, opts.LocalMax)}
+}
+
+// BucketName is the bucket for a subject prefix: dots are not allowed in
+// bucket names.
+func BucketName(subjectPrefix string) string {
+	return strings.ReplaceAll(subjectPrefix, ".", "_") + "_results"
+}
+
+// ErrNoJetStream means the server has JetStream off: de-duplication stays
+// per worker.
+var ErrNoJetStream = errors.New("jetstream is not enabled on the server")
+
+// Bind creates the bucket if missing (or uses the existing one) and turns
+// cross-worker de-duplication on.
+func (s *Store) Bind(ctx context.Context, nc *nats.Conn) error {
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+		s.degraded("storing an answer failed", err)
+	}))
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      s.opts.Bucket,
+		Description: "wxlogin: answers of recent code exchanges, keyed by HMAC(appid, code)",
+		TTL:         s.opts.ResultTTL,
+		History:     1,
+		// Answers are worth minutes; memory storage keeps the claim off
+		// the disk's latency. Replicas keep them across a node's loss.
+		Storage:        jetstream.MemoryStorage,
+		Replicas:       s.opts.Replicas,
+		LimitMarkerTTL: time.Second,
+	})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		// Another worker made it, perhaps with other settings: use it.
+		kv, err = js.KeyValue(ctx, s.opts.Bucket)
+	}
+	if err != nil {
+		if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+			return ErrNoJetStream
+		}
+		return fmt.Errorf("binding kv bucket %s: %w", s.opts.Bucket, err)
+	}
+	s.js = js
+	s.subjPx = "$KV." + s.opts.Bucket + "."
+	s.kv.Store(&kv)
+	return nil
+}
+
+// Shared reports whether de-duplication spans the pool (JetStream bound).
+func (s *Store) Shared() bool { return s.kv.Load() != nil }
+
+// Key is the bucket key for (appid, code): an HMAC under the app's
+// secret, so the key reveals nothing and every worker computes the same.
+func Key(secret, appid, code string) string {
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte(appid))
+	m.Write([]byte{0})
+	m.Write([]byte(code))
+	return hex.EncodeToString(m.Sum(nil)[:16])
+}
+
+// Do returns the answer for key, running exchange only if no other
+// request, on this worker or another, has run or is running it. It
+// returns FromUpstream only when this call's own exchange ran, so the
+// caller may then read what that function wrote.
+func (s *Store) Do(ctx context.Context, key string, exchange Exchange) (protocol.Result, *protocol.Error, Source) {
+	if a, ok := s.cache.get(key); ok {
+		return a.result(FromCache)
+	}
+	// ran is written only by this caller's own function, if it is the
+	// one singleflight runs, and read only after its result arrived.
+	ran := false
+	ch := s.flight.DoChan(key, func() (any, error) {
+		ran = true
+		return s.lead(ctx, key, exchange), nil
+	})
+	select {
+	case r := <-ch:
+		a := r.Val.(answered)
+		if !ran {
+			a.source = FromFlight
+		}
+		return a.answer.result(a.source)
+	case <-ctx.Done():
+		return protocol.Result{}, protocol.New(protocol.KindTimeout, "waiting for a duplicate request's answer took past the deadline"), FromFlight
+	}
+}
+
+type answered struct {
+	answer answer
+	source Source
+}
+
+// lead runs once per key per worker at a time.
+func (s *Store) lead(ctx context.Context, key string, exchange Exchange) answered {
+	kvp := s.kv.Load()
+	if kvp == nil {
+		a := run(ctx, exchange)
+		if a.final() {
+			s.cache.put(key, a)
+		}
+		return answered{a, FromUpstream}
+	}
+	kv := *kvp
+	for {
+		rev, err := kv.Create(ctx, key, claimValue, jetstream.KeyTTL(s.opts.ClaimTTL))
+		switch {
+		case err == nil:
+			return answered{s.claimed(ctx, kv, key, rev, exchange), FromUpstream}
+		case errors.Is(err, jetstream.ErrKeyExists):
+			a, found, err := s.await(ctx, kv, key)
+			if found {
+				s.cache.put(key, a)
+				return answered{a, FromStore}
+			}
+			if err != nil {
+				return answered{answer{Err: deadline(err)}, FromStore}
+			}
+			// The claim went away without an answer: claim it ourselves.
+		default:
+			if ctx.Err() != nil {
+				return answered{answer{Err: deadline(err)}, FromStore}
+			}
+			// The store is unreachable: serve rather than fail, per worker.
+			s.degraded("claiming a code failed; de-duplicating on this worker only", err)
+			a := run(ctx, exchange)
+			if a.final() {
+				s.cache.put(key, a)
+			}
+			return answered{a, FromUpstream}
+		}
+	}
+}
+
+// claimed runs the exchange under our claim and publishes the answer.
+func (s *Store) claimed(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64, exchange Exchange) answer {
+	a := run(ctx, exchange)
+	if a.Err != nil && a.Err.Kind == protocol.KindCodeUsed {
+		// Our claim may have expired during a long exchange and another
+		// worker may have used the code and stored its answer.
+		if e, err := kv.Get(ctx, key); err == nil {
+			if stored, ok := decode(e.Value()); ok && !stored.claim {
+				a = stored
+			}
+		}
+	}
+	if !a.final() {
+		// A transient failure: free the code at once for a retry rather
+		// than making it wait out the claim.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		if err := kv.Delete(dctx, key, jetstream.LastRevision(rev)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			s.log.Debug("releasing a claim failed; it expires by itself", logging.Err(err))
+		}
+		cancel()
+		return a
+	}
+	s.cache.put(key, a)
+	msg := nats.NewMsg(s.subjPx + key)
+	msg.Data = a.encode()
+	if _, err := s.js.PublishMsgAsync(msg); err != nil {
+		s.degraded("storing an answer failed", err)
+	}
+	return a
+}
+
+// await polls for the answer of a key another worker has claimed. found
+// is false with a nil error when the claim disappeared unanswered.
+func (s *Store) await(ctx context.Context, kv jetstream.KeyValue, key string) (answer, bool, error) {
+	pause := 10 * time.Millisecond
+	for {
+		e, err := kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
+			return answer{}, false, nil
+		case err != nil:
+			return answer{}, false, err
+		}
+		if a, ok := decode(e.Value()); ok && !a.claim {
+			return a, true, nil
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return answer{}, false, ctx.Err()
+		case <-t.C:
+		}
+		pause = min(pause*2, 200*time.Millisecond)
+	}
+}
+
+// degraded logs at most one warning per 10 seconds: a store outage
+// should be visible without flooding the log.
+func (s *Store) degraded(what string, err error) {
+	now := time.Now().UnixNano()
+	last := s.lastWarn.Load()
+	if now-last < int64(10*time.Second) || !s.lastWarn.CompareAndSwap(last, now) {
+		return
+	}
+	s.log.Warn(what, logging.Err(err))
+}
+
+func run(ctx context.Context, exchange Exchange) answer {
+	res, e := exchange(ctx)
+	return answer{Result: res, Err: e}
+}
+
+func deadline(err error) *protocol.Error {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return protocol.Wrap(err, protocol.KindTimeout, "another request for this code did not finish within the deadline")
+	}
+	return protocol.Wrap(err, protocol.KindUnavailable, "the de-duplication store failed; retry")
+}
+
+// answer is what is remembered about a code.
+type answer struct {
+	Result protocol.Result
+	Err    *protocol.Error
+	claim  bool
+}
+
+// final reports whether the answer is worth remembering: a success, or
+// a terminal WeChat verdict about the code. Transient failures are not.
+func (a answer) final() bool {
+	if a.Err == nil {
+		return true
+	}
+	switch a.Err.Kind {
+	case protocol.KindInvalidCode, protocol.KindCodeUsed, protocol.KindUserBlocked:
+		return true
+	}
+	return false
+}
+
+func (a answer) result(src Source) (protocol.Result, *protocol.Error, Source) {
+	if a.Err != nil {
+		// A copy: callers may add to it, and it is shared.
+		e := *a.Err
+		return protocol.Result{}, &e, src
+	}
+	return a.Result, nil, src
+}
+
+var claimValue = []byte(`{"claim":true}`)
+
+// stored is the bucket's value format.
+type stored struct {
+	Claim   bool          `json:"claim,omitempty"`
+	OpenID  string        `json:"openid,omitempty"`
+	UnionID string        `json:"unionid,omitempty"`
+	Kind    protocol.Kind `json:"kind,omitempty"`
+	Message string        `json:"message,omitempty"`
+	Errcode int           `json:"errcode,omitempty"`
+}
+
+func (a answer) encode() []byte {
+	v := stored{OpenID: a.Result.OpenID, UnionID: a.Result.UnionID}
+	if a.Err != nil {
+		v = stored{Kind: a.Err.Kind, Message: a.Err.Message, Errcode: a.Err.WxErrcode}
+	}
+	b, _ := json.Marshal(v)
+	return b
+}
+
+func decode(b []byte) (answer, bool) {
+	var v stored
+	if err := json.Unmarshal(b, &v); err != nil {
+		return answer{}, false
+	}
+	switch {
+	case v.Claim:
+		return answer{claim: true}, true
+	case v.Kind != "":
+		e := protocol.New(v.Kind, "%s", v.Message)
+		e.WxErrcode = v.Errcode
+		return answer{Err: e}, true
+	case v.OpenID != "":
+		return answer{Result: protocol.Result{OpenID: v.OpenID, UnionID: v.UnionID}}, true
+	}
+	return answer{}, false
+}

@@ -1,0 +1,81 @@
+package dedup
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wxlogin/wxlogin/internal/protocol"
+)
+
+func TestKeyIsKeyedAndHidesTheCode(t *testing.T) {
+	k := Key("secret", "wxapp", "0712cDoV0cfty22AeloV0daMoV02cDog")
+	if strings.Contains(k, "0712cDoV") || len(k) != 32 {
+		t.Errorf("key %q", k)
+	}
+	if k != Key("secret", "wxapp", "0712cDoV0cfty22AeloV0daMoV02cDog") {
+		t.Error("not deterministic: workers would not meet")
+	}
+	for _, other := range []string{Key("other", "wxapp", "0712cDoV0cfty22AeloV0daMoV02cDog"), Key("secret", "wxapp2", "0712cDoV0cfty22AeloV0daMoV02cDog"), Key("secret", "wxap", "p0712cDoV0cfty22AeloV0daMoV02cDog")} {
+		if other == k {
+			t.Error("distinct (secret, appid, code) share a key")
+		}
+	}
+}
+
+func TestStoredFormatKeepsOnlyTheReply(t *testing.T) {
+	e := protocol.New(protocol.KindInvalidCode, "bad code")
+	e.WxErrcode = 40029
+	e.Cause = errString("rid: secret detail")
+	for _, a := range []answer{{Result: protocol.Result{OpenID: "o1", UnionID: "u1"}}, {Err: e}} {
+		b := a.encode()
+		if strings.Contains(string(b), "secret detail") || strings.Contains(string(b), "session") {
+			t.Errorf("stored %s", b)
+		}
+		got, ok := decode(b)
+		if !ok || got.Result != a.Result || (a.Err != nil && (got.Err.Kind != e.Kind || got.Err.WxErrcode != 40029 || got.Err.Status != 401)) {
+			t.Errorf("round trip of %s: %+v", b, got)
+		}
+	}
+	if a, ok := decode(claimValue); !ok || !a.claim {
+		t.Error("claim not recognised")
+	}
+	if _, ok := decode([]byte("garbage")); ok {
+		t.Error("garbage decoded")
+	}
+}
+
+func TestFinalAnswersOnly(t *testing.T) {
+	for kind, want := range map[protocol.Kind]bool{
+		protocol.KindInvalidCode: true, protocol.KindCodeUsed: true, protocol.KindUserBlocked: true,
+		protocol.KindUpstream: false, protocol.KindTimeout: false, protocol.KindRateLimited: false, protocol.KindUnavailable: false,
+	} {
+		if got := (answer{Err: protocol.New(kind, "x")}).final(); got != want {
+			t.Errorf("%s final=%v, want %v", kind, got, want)
+		}
+	}
+}
+
+func TestCacheBoundsAndExpiry(t *testing.T) {
+	c := newCache(time.Hour, 10)
+	for i := range 100 {
+		c.put(string(rune('a'+i%26))+string(rune(i)), answer{})
+	}
+	if n := len(c.cur) + len(c.prev); n > 10 {
+		t.Errorf("cache holds %d entries, max 10", n)
+	}
+	c = newCache(time.Minute, 100)
+	c.put("k", answer{Result: protocol.Result{OpenID: "o"}})
+	c.since = c.since.Add(-61 * time.Second) // one generation later: still there
+	if _, ok := c.get("k"); !ok {
+		t.Error("forgotten after one TTL; answers must live at least a TTL")
+	}
+	c.since = c.since.Add(-61 * time.Second) // two generations: gone
+	if _, ok := c.get("k"); ok {
+		t.Error("kept past two TTLs")
+	}
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }
