@@ -24,6 +24,7 @@ type Config struct {
 	Timeout       time.Duration // the whole request's budget
 	MaxBody       int64
 	SubjectPrefix string
+	ClientLimit   ClientLimit // per-client limit on /v1/openid; off when zero
 }
 
 // replySlack is kept back from the budget the worker is told, so its
@@ -36,7 +37,9 @@ func NewServer(cfg Config, nc *nats.Conn, logger *slog.Logger) http.Handler {
 		cfg.SubjectPrefix = protocol.DefaultSubjectPrefix
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/openid", handleOpenID(cfg, nc, logger))
+	// Only /v1/openid is limited: probes come from the orchestrator's
+	// address and must never be refused.
+	mux.Handle("/v1/openid", limitClients(cfg.ClientLimit, logger)(handleOpenID(cfg, nc, logger)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})

@@ -22,5 +22,8 @@ func Serve(ctx context.Context, cfg Config, addr string, nc *nats.Conn, logger *
 
 // ConfigFrom turns the environment's edge section into a Config.
 func ConfigFrom(cfg config.Edge, subjectPrefix string) Config {
-	return Config{Timeout: cfg.Timeout, MaxBody: cfg.MaxBody, SubjectPrefix: subjectPrefix}
+	return Config{
+		Timeout: cfg.Timeout, MaxBody: cfg.MaxBody, SubjectPrefix: subjectPrefix,
+		ClientLimit: ClientLimit{Rate: cfg.ClientRate, Burst: cfg.ClientBurst, TrustProxy: cfg.TrustProxy},
+	}
 }
