@@ -1,0 +1,63 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/wxlogin/wxlogin/internal/bench"
+)
+
+// TestMain lets this test binary stand in for wxbench as scenario 3's
+// child: the benchmark starts os.Executable() with bench.ChildCommand.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == bench.ChildCommand {
+		if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "wxbench child:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestQuickRun runs every scenario, tiny, and checks that each printed its
+// rows. It asserts no figure: those depend on the machine.
+func TestQuickRun(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out, logs bytes.Buffer
+	// Small enough for the race detector on two cores: every window sees
+	// many completions, so no scenario fails for want of one.
+	err := run(ctx, []string{"-quick", "-duration", "1s", "-warmup", "300ms",
+		"-clients2", "50", "-inflight", "100", "-hold", "3s", "-concurrency4", "10"}, &out, &logs)
+	if err != nil {
+		t.Fatalf("run: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), logs.String())
+	}
+	for _, want := range []string{
+		`(?m)^wxbench: .*GOMAXPROCS=\d+`,
+		`(?m)^1 +baseline: .* 0 +$`,
+		`(?m)^1 +pipeline: .*dedup on .*× baseline`,
+		`(?m)^1 +pipeline: .*dedup off .*× baseline`,
+		`(?m)^2 +pipeline: 50 clients.*× ideal 500`,
+		`(?m)^3 +worker process, 100 exchanges in flight.*KiB per exchange`,
+		`(?m)^4 +pipeline: 4 worker.*× concurrency 10, 80 clients.*× 1 worker`,
+		`(?m)^5 +NATS only: `,
+	} {
+		if !regexp.MustCompile(want).MatchString(out.String()) {
+			t.Errorf("output lacks %s:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestBadFlags(t *testing.T) {
+	for _, args := range [][]string{{"-scenarios", "6"}, {"-duration", "0s"}, {"-log-level", "loud"}} {
+		if err := run(context.Background(), args, &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
+}

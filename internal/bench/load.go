@@ -1,0 +1,181 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// doer makes one request for client c, the seq-th of that client, with a
+// login code of its own; it returns an error for anything but a success.
+type doer func(ctx context.Context, c, seq int) error
+
+// loadResult is what one closed-loop run measured within its window.
+type loadResult struct {
+	ok, errs int64
+	firstErr error
+	lat      []time.Duration // latencies of the successes, sorted
+	window   time.Duration
+	cpu      time.Duration // this process's user+system CPU during the window
+}
+
+func (r loadResult) rps() float64 { return float64(r.ok) / r.window.Seconds() }
+
+// pct is the p-quantile (0 < p < 1) of the successes' latencies.
+func (r loadResult) pct(p float64) time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	return r.lat[min(int(p*float64(len(r.lat))), len(r.lat)-1)]
+}
+
+// cpuPerReq is the whole process's CPU per success: with everything in
+// one process on a CPU-bound machine, it is the fairest cost figure.
+func (r loadResult) cpuPerReq() time.Duration {
+	if r.ok == 0 {
+		return 0
+	}
+	return r.cpu / time.Duration(r.ok)
+}
+
+// check turns a run that did not really run into an error: no success at
+// all, or more than 1% failures, means the setup is broken and the figures
+// would mislead.
+func (r loadResult) check(what string) error {
+	if r.ok == 0 || r.errs*100 > r.ok+r.errs {
+		return fmt.Errorf("%s: %d successes, %d failures (first: %v)", what, r.ok, r.errs, r.firstErr)
+	}
+	return nil
+}
+
+// closedLoop runs clients that each send requests back to back, first for
+// warmup (not measured: connections are dialled and pools filled), then
+// for dur. A request counts when it completes within the window; requests
+// still running when it closes finish but are not counted, so nothing is
+// cancelled into a spurious error.
+func closedLoop(ctx context.Context, clients int, warmup, dur time.Duration, do doer) loadResult {
+	from := time.Now().Add(warmup)
+	to := from.Add(dur)
+	type clientResult struct {
+		ok, errs int64
+		firstErr error
+		lat      []time.Duration
+	}
+	res := make([]clientResult, clients)
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Go(func() {
+			r := &res[c]
+			r.lat = make([]time.Duration, 0, 256)
+			for seq := 0; ctx.Err() == nil; seq++ {
+				t0 := time.Now()
+				if !t0.Before(to) {
+					return
+				}
+				err := do(ctx, c, seq)
+				t1 := time.Now()
+				if t1.Before(from) || t1.After(to) {
+					continue
+				}
+				if err != nil {
+					r.errs++
+					if r.firstErr == nil {
+						r.firstErr = err
+					}
+					// A client that failed does not hammer at once; nor
+					// should a broken setup spin the CPU the others need.
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				r.ok++
+				r.lat = append(r.lat, t1.Sub(t0))
+			}
+		})
+	}
+	sleepUntil(ctx, from)
+	cpu0 := cpuTime()
+	sleepUntil(ctx, to)
+	cpu1 := cpuTime()
+	wg.Wait()
+
+	out := loadResult{window: dur, cpu: cpu1 - cpu0}
+	n := 0
+	for i := range res {
+		n += len(res[i].lat)
+	}
+	out.lat = make([]time.Duration, 0, n)
+	for i := range res {
+		r := &res[i]
+		out.ok += r.ok
+		out.errs += r.errs
+		if out.firstErr == nil {
+			out.firstErr = r.firstErr
+		}
+		out.lat = append(out.lat, r.lat...)
+		r.lat = nil
+	}
+	slices.Sort(out.lat)
+	return out
+}
+
+func sleepUntil(ctx context.Context, t time.Time) {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+}
+
+// cpuTime is the user and system CPU this process has used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// newTransport is the load generator's shared transport: one keep-alive
+// connection per client, so the run measures serving, not dialling.
+func newTransport(clients int) *http.Transport {
+	return &http.Transport{
+		Proxy:               nil, // loopback only: never through a proxy
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        clients,
+		MaxIdleConnsPerHost: clients,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}
+}
+
+// httpDoer asks base's /v1/openid with GET ?code=, the most common shape,
+// a fresh code every time (prefix, client, sequence): real traffic never
+// repeats a code, and de-duplication must pay for every one.
+func httpDoer(base, prefix string, tr *http.Transport) doer {
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	path := base + "/v1/openid?code=" + prefix
+	return func(ctx context.Context, c, seq int) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, path+strconv.Itoa(c)+"-"+strconv.Itoa(seq), nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		return err
+	}
+}

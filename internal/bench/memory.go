@@ -1,0 +1,274 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wxlogin/wxlogin/internal/exchange"
+	"github.com/wxlogin/wxlogin/internal/natsconn"
+	"github.com/wxlogin/wxlogin/internal/protocol"
+	"github.com/wxlogin/wxlogin/internal/version"
+	"github.com/wxlogin/wxlogin/internal/wechat"
+)
+
+// ChildCommand is the hidden first argument that makes cmd/wxbench run
+// scenario 3's worker (RunChild) instead of the benchmark, so that the
+// worker's memory is measured in a process of its own.
+const ChildCommand = "__worker"
+
+// memorySubject is where the child answers with a memSnapshot.
+const memorySubject = "wxbench.child.memory"
+
+// memSnapshot is the child's memory after a full GC.
+type memSnapshot struct {
+	HeapAlloc  uint64 `json:"heap_alloc"` // live heap objects
+	StackInuse uint64 `json:"stack_inuse"`
+	RSS        uint64 `json:"rss"` // the whole child process, from /proc
+	Goroutines int    `json:"goroutines"`
+	InFlight   int64  `json:"in_flight"`
+}
+
+// goMem is the memory the Go runtime accounts to live data: heap objects
+// and goroutine stacks.
+func (m memSnapshot) goMem() uint64 { return m.HeapAlloc + m.StackInuse }
+
+// scenario3 holds InFlight exchanges in one worker (upstream latency Hold)
+// and measures the worker process's memory before and after, with a GC
+// each time. Requests go straight over NATS: 10,000 HTTP connections to
+// the edge would measure the edge and this process, not the worker.
+func scenario3(ctx context.Context, e *env) ([]row, error) {
+	n := e.opts.InFlight
+	st, err := newStack(0, e.log)
+	if err != nil {
+		return nil, err
+	}
+	defer st.close()
+
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("finding this program to start the worker: %w", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, exe, ChildCommand,
+		"-nats", st.ns.ClientURL(), "-upstream", st.up.URL,
+		"-concurrency", strconv.Itoa(n), "-http-timeout", (e.opts.Hold + 15*time.Second).String(),
+		"-log-level", e.opts.LogLevel.String())
+	cmd.Stdout, cmd.Stderr = e.stderr, e.stderr
+	// The child ends when this pipe closes, so it cannot outlive us even
+	// if we are killed.
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	defer stdin.Close()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting the worker process: %w", err)
+	}
+	defer func() {
+		// The held exchanges would take Hold to finish: kill, do not wait.
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+
+	nc, err := st.connect("wxbench-memory")
+	if err != nil {
+		return nil, err
+	}
+	if err := waitForChild(ctx, nc); err != nil {
+		return nil, err
+	}
+	// Warm up: a few exchanges fill the worker's pools, as in production.
+	subject := protocol.Subject(protocol.DefaultSubjectPrefix)
+	prefix := codePrefix()
+	for i := range 64 {
+		if _, err := request(ctx, nc, subject, prefix+"warm-"+strconv.Itoa(i), 5*time.Second); err != nil {
+			return nil, fmt.Errorf("warm-up exchange: %w", err)
+		}
+	}
+	before, err := snapshot(nc)
+	if err != nil {
+		return nil, err
+	}
+
+	st.up.fake.SetLatency(e.opts.Hold)
+	calls := st.up.fake.TotalCalls()
+	rctx, rcancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { rcancel(); wg.Wait() }()
+	for i := range n {
+		wg.Go(func() {
+			request(rctx, nc, subject, prefix+"held-"+strconv.Itoa(i), e.opts.Hold+10*time.Second)
+		})
+	}
+	// Every exchange has reached WeChat, which holds its answer.
+	deadline := time.Now().Add(e.opts.Hold / 2)
+	for st.up.fake.TotalCalls()-calls < int64(n) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, fmt.Errorf("only %d of %d exchanges reached the upstream within %v", st.up.fake.TotalCalls()-calls, n, e.opts.Hold/2)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	after, err := snapshot(nc)
+	if err != nil {
+		return nil, err
+	}
+	if after.InFlight != int64(n) {
+		return nil, fmt.Errorf("the worker has %d exchanges in flight, want %d", after.InFlight, n)
+	}
+
+	per := func(a, b uint64) float64 { return (float64(b) - float64(a)) / float64(n) }
+	what := fmt.Sprintf("worker process, %s exchanges in flight (dedup on)", thousands(float64(n)))
+	return []row{
+		{scenario: "3", what: what + ": Go heap+stacks",
+			note: fmt.Sprintf("%s per exchange (%s → %s; heap %s, stacks %s per exchange)",
+				kib(per(before.goMem(), after.goMem())), mib(float64(before.goMem())), mib(float64(after.goMem())),
+				kib(per(before.HeapAlloc, after.HeapAlloc)), kib(per(before.StackInuse, after.StackInuse)))},
+		{scenario: "3", what: what + ": RSS",
+			note: fmt.Sprintf("%s per exchange (%s → %s); %.1f goroutines per exchange",
+				kib(per(before.RSS, after.RSS)), mib(float64(before.RSS)), mib(float64(after.RSS)),
+				float64(after.Goroutines-before.Goroutines)/float64(n))},
+	}, nil
+}
+
+func request(ctx context.Context, nc *nats.Conn, subject, code string, budget time.Duration) (protocol.Result, error) {
+	data, err := json.Marshal(protocol.Request{AppID: benchApp.AppID, Code: code})
+	if err != nil {
+		return protocol.Result{}, err
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	msg.Header.Set(protocol.HeaderTimeout, strconv.FormatInt(budget.Milliseconds(), 10))
+	ctx, cancel := context.WithTimeout(ctx, budget+time.Second)
+	defer cancel()
+	reply, err := nc.RequestMsgWithContext(ctx, msg)
+	if err != nil {
+		return protocol.Result{}, err
+	}
+	res, e := protocol.DecodeReply(reply)
+	if e != nil {
+		return res, e
+	}
+	return res, nil
+}
+
+func waitForChild(ctx context.Context, nc *nats.Conn) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := nc.Request(memorySubject, nil, time.Second); err == nil {
+			return nil
+		} else if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("the worker process did not come up: %w", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func snapshot(nc *nats.Conn) (memSnapshot, error) {
+	var m memSnapshot
+	reply, err := nc.Request(memorySubject, nil, 30*time.Second)
+	if err != nil {
+		return m, fmt.Errorf("asking the worker process for its memory: %w", err)
+	}
+	return m, json.Unmarshal(reply.Data, &m)
+}
+
+// RunChild is scenario 3's worker process: a worker as cmd/worker runs it,
+// plus a memorySubject responder. It runs until ctx ends or stdin closes
+// (the benchmark ended).
+func RunChild(ctx context.Context, args []string, stdin io.Reader, stderr io.Writer) error {
+	fs := flag.NewFlagSet(ChildCommand, flag.ContinueOnError)
+	natsURL := fs.String("nats", "", "NATS URL")
+	upstreamURL := fs.String("upstream", "", "WeChat base URL")
+	concurrency := fs.Int("concurrency", defaultConcurrency, "WORKER_CONCURRENCY")
+	httpTimeout := fs.Duration("http-timeout", 2*time.Second, "WX_HTTP_TIMEOUT")
+	level := fs.String("log-level", "WARN", "log level")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})).With("process", "wxbench-worker")
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		io.Copy(io.Discard, stdin)
+		cancel()
+	}()
+
+	client, err := wechat.New(*upstreamURL)
+	if err != nil {
+		return err
+	}
+	cfg := workerConfig(*concurrency, true)
+	cfg.HTTPTimeout = *httpTimeout
+	w, err := exchange.New(cfg, client, logger)
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(*natsURL, natsconn.Resilient("wxbench-worker", logger)...)
+	if err != nil {
+		return fmt.Errorf("connecting to nats: %w", err)
+	}
+	_, err = nc.Subscribe(memorySubject, func(m *nats.Msg) {
+		snap := measure()
+		snap.InFlight = w.Stats().InFlight
+		data, _ := json.Marshal(snap)
+		m.Respond(data)
+	})
+	if err != nil {
+		nc.Close()
+		return fmt.Errorf("subscribing to %s: %w", memorySubject, err)
+	}
+	// Killed by the benchmark once measured: a graceful shutdown would
+	// wait for the held exchanges.
+	return w.Run(ctx, nc, version.Version())
+}
+
+// measure collects garbage until the figures settle, then reads them.
+func measure() memSnapshot {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	rss, err := rssBytes()
+	if err != nil {
+		rss = 0
+	}
+	return memSnapshot{HeapAlloc: ms.HeapAlloc, StackInuse: ms.StackInuse, RSS: rss, Goroutines: runtime.NumGoroutine()}
+}
+
+// rssBytes is this process's resident set size.
+func rssBytes() (uint64, error) {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmRSS in /proc/self/status")
+}

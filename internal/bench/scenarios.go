@@ -1,0 +1,302 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wxlogin/wxlogin/internal/protocol"
+)
+
+// runSeq makes every run's codes differ from every other run's.
+var runSeq atomic.Int64
+
+// codePrefix starts the codes of one run: unique across runs and
+// processes, so that no code is ever sent twice, as in real traffic.
+func codePrefix() string {
+	return fmt.Sprintf("b%x-%d-", time.Now().UnixNano()&0xffffffff, runSeq.Add(1))
+}
+
+// merge sums runs of one setup: the rate over all their windows, the
+// quantiles over all their requests.
+func merge(runs []loadResult) loadResult {
+	var out loadResult
+	for _, r := range runs {
+		out.ok += r.ok
+		out.errs += r.errs
+		out.window += r.window
+		out.cpu += r.cpu
+		out.lat = append(out.lat, r.lat...)
+		if out.firstErr == nil {
+			out.firstErr = r.firstErr
+		}
+	}
+	slices.Sort(out.lat)
+	return out
+}
+
+func roundsNote(runs []loadResult) string {
+	if len(runs) < 2 {
+		return ""
+	}
+	var s []string
+	for _, r := range runs {
+		s = append(s, thousands(r.rps()))
+	}
+	return "rounds " + strings.Join(s, " / ")
+}
+
+// scenario1 is the cost of the pipeline against the direct handler: zero
+// upstream latency, so only our own CPU and hops count; 64 clients;
+// baseline and pipeline alternate so that the machine's drift hits both.
+func scenario1(ctx context.Context, e *env) ([]row, error) {
+	const clients = 64
+	st, err := newStack(0, e.log)
+	if err != nil {
+		return nil, err
+	}
+	defer st.close()
+	edgeURL, err := st.startEdge()
+	if err != nil {
+		return nil, err
+	}
+	baseURL, err := st.startBaseline()
+	if err != nil {
+		return nil, err
+	}
+
+	type variant struct {
+		name, slug      string
+		pipeline, dedup bool
+		runs            []loadResult
+	}
+	vs := []*variant{
+		{name: "baseline: direct handler, 64 clients, 0 ms upstream", slug: "baseline"},
+		{name: "pipeline: edge+NATS+worker, dedup on", slug: "pipeline-dedup", pipeline: true, dedup: true},
+		{name: "pipeline: edge+NATS+worker, dedup off", slug: "pipeline-nodedup", pipeline: true},
+	}
+	runOne := func(v *variant, profile string) (loadResult, error) {
+		target := baseURL
+		if v.pipeline {
+			stop, err := st.startWorkers(1, workerConfig(defaultConcurrency, v.dedup))
+			if err != nil {
+				return loadResult{}, err
+			}
+			defer stop()
+			target = edgeURL
+		}
+		tr := newTransport(clients)
+		defer tr.CloseIdleConnections()
+		if err := probe(ctx, tr, target, codePrefix()+"probe"); err != nil {
+			return loadResult{}, err
+		}
+		if profile != "" {
+			f, err := os.Create(profile)
+			if err != nil {
+				return loadResult{}, fmt.Errorf("cpu profile: %w", err)
+			}
+			defer f.Close()
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return loadResult{}, fmt.Errorf("cpu profile: %w", err)
+			}
+			defer pprof.StopCPUProfile()
+		}
+		res := closedLoop(ctx, clients, e.opts.Warmup, e.opts.Duration, httpDoer(target, codePrefix(), tr))
+		return res, res.check(v.name)
+	}
+	for range e.opts.Rounds {
+		for _, v := range vs {
+			res, err := runOne(v, "")
+			if err != nil {
+				return nil, err
+			}
+			v.runs = append(v.runs, res)
+		}
+	}
+
+	// Whether "dedup on" really de-duplicated: a de-duplicating worker
+	// keeps its codes in a JetStream key-value bucket.
+	buckets, err := st.kvBuckets(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing key-value buckets: %w", err)
+	}
+	if len(buckets) == 0 {
+		return nil, errors.New("the de-duplicating worker left no key-value bucket: is de-duplication on?")
+	}
+
+	base := merge(vs[0].runs)
+	rows := []row{{scenario: "1", what: vs[0].name, res: &base, note: roundsNote(vs[0].runs)}}
+	for _, v := range vs[1:] {
+		m := merge(v.runs)
+		note := fmt.Sprintf("%.2f× baseline; p99 %+.2fms", m.rps()/base.rps(),
+			float64(m.pct(0.99)-base.pct(0.99))/float64(time.Millisecond))
+		if r := roundsNote(v.runs); r != "" {
+			note += "; " + r
+		}
+		rows = append(rows, row{scenario: "1", what: v.name, res: &m, note: note})
+	}
+
+	if e.opts.CPUProfile != "" {
+		for _, v := range vs {
+			path := e.opts.CPUProfile + "-" + v.slug + ".pprof"
+			res, err := runOne(v, path)
+			if err != nil {
+				return rows, err
+			}
+			rows = append(rows, row{scenario: "1p", what: v.name + " (profiled, not counted)", res: &res, note: path})
+		}
+	}
+	return rows, nil
+}
+
+// scenario2 shows whether one worker is bound by WeChat's latency: 2,000
+// clients against 100 ms upstream can at best do 20,000 req/s. The worker
+// gets room for all of them (WORKER_CONCURRENCY 2× clients); at the
+// default 1024 it would cap at 10,240/s by design. The baseline under the
+// same load shows what this machine can do at all.
+func scenario2(ctx context.Context, e *env) ([]row, error) {
+	const latency = 100 * time.Millisecond
+	clients := e.opts.Clients2
+	ideal := float64(clients) / latency.Seconds()
+	st, err := newStack(latency, e.log)
+	if err != nil {
+		return nil, err
+	}
+	defer st.close()
+	edgeURL, err := st.startEdge()
+	if err != nil {
+		return nil, err
+	}
+	baseURL, err := st.startBaseline()
+	if err != nil {
+		return nil, err
+	}
+	stop, err := st.startWorkers(1, workerConfig(2*clients, true))
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+
+	var rows []row
+	for _, t := range []struct{ what, url string }{
+		{fmt.Sprintf("pipeline: %s clients, 100 ms upstream, 1 worker (concurrency %d)", thousands(float64(clients)), 2*clients), edgeURL},
+		{"baseline: direct handler, same load", baseURL},
+	} {
+		tr := newTransport(clients)
+		if err := probe(ctx, tr, t.url, codePrefix()+"probe"); err != nil {
+			return rows, err
+		}
+		conns := st.up.conns.Load()
+		// Dialling thousands of connections takes a moment: warm up longer.
+		res := closedLoop(ctx, clients, 2*e.opts.Warmup, e.opts.Duration, httpDoer(t.url, codePrefix(), tr))
+		tr.CloseIdleConnections()
+		rows = append(rows, row{scenario: "2", what: t.what, res: &res,
+			note: fmt.Sprintf("%.2f× ideal %s; %d upstream connections opened", res.rps()/ideal, thousands(ideal), st.up.conns.Load()-conns)})
+		if err := res.check(t.what); err != nil {
+			return rows, err
+		}
+	}
+	return rows, nil
+}
+
+// scenario4 is scale-out: workers with WORKER_CONCURRENCY=100 against 50 ms
+// upstream can each do at most 2,000 req/s. Clients are twice the
+// workers' slots, so that the queue group's random spread never leaves a
+// worker idle for want of requests.
+func scenario4(ctx context.Context, e *env) ([]row, error) {
+	const latency = 50 * time.Millisecond
+	perWorker := e.opts.PerWorker
+	st, err := newStack(latency, e.log)
+	if err != nil {
+		return nil, err
+	}
+	defer st.close()
+	edgeURL, err := st.startEdge()
+	if err != nil {
+		return nil, err
+	}
+	var rows []row
+	var one float64
+	for _, n := range []int{1, 2, 4} {
+		stop, err := st.startWorkers(n, workerConfig(perWorker, true))
+		if err != nil {
+			return rows, err
+		}
+		clients := 2 * perWorker * n
+		tr := newTransport(clients)
+		err = probe(ctx, tr, edgeURL, codePrefix()+"probe")
+		var res loadResult
+		if err == nil {
+			res = closedLoop(ctx, clients, e.opts.Warmup, e.opts.Duration, httpDoer(edgeURL, codePrefix(), tr))
+			err = res.check(fmt.Sprintf("%d workers", n))
+		}
+		tr.CloseIdleConnections()
+		stop()
+		if err != nil {
+			return rows, err
+		}
+		ideal := float64(n*perWorker) / latency.Seconds()
+		if n == 1 {
+			one = res.rps()
+		}
+		rows = append(rows, row{scenario: "4", res: &res,
+			what: fmt.Sprintf("pipeline: %d worker(s) × concurrency %d, %d clients, 50 ms upstream", n, perWorker, clients),
+			note: fmt.Sprintf("%.2f× ideal %s; %.2f× 1 worker", res.rps()/ideal, thousands(ideal), res.rps()/one)})
+	}
+	return rows, nil
+}
+
+// scenario5 is other services' path: a Go client asking
+// wxlogin.code2session over NATS, without the edge.
+func scenario5(ctx context.Context, e *env) ([]row, error) {
+	const clients = 64
+	st, err := newStack(0, e.log)
+	if err != nil {
+		return nil, err
+	}
+	defer st.close()
+	stop, err := st.startWorkers(1, workerConfig(defaultConcurrency, true))
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	nc, err := st.connect("wxbench-client")
+	if err != nil {
+		return nil, err
+	}
+	prefix := codePrefix()
+	subject := protocol.Subject(protocol.DefaultSubjectPrefix)
+	budget := strconv.FormatInt(edgeTimeout.Milliseconds(), 10)
+	// Written as a service would: marshal the request, send the budget,
+	// decode the reply.
+	do := func(ctx context.Context, c, seq int) error {
+		data, err := json.Marshal(protocol.Request{AppID: benchApp.AppID, Code: prefix + strconv.Itoa(c) + "-" + strconv.Itoa(seq)})
+		if err != nil {
+			return err
+		}
+		msg := nats.NewMsg(subject)
+		msg.Data = data
+		msg.Header.Set(protocol.HeaderTimeout, budget)
+		reply, err := nc.RequestMsg(msg, edgeTimeout)
+		if err != nil {
+			return err
+		}
+		if _, e := protocol.DecodeReply(reply); e != nil {
+			return e
+		}
+		return nil
+	}
+	res := closedLoop(ctx, clients, e.opts.Warmup, e.opts.Duration, do)
+	return []row{{scenario: "5", what: "NATS only: 64 requesters on one connection, 1 worker, 0 ms upstream", res: &res}},
+		res.check("NATS only")
+}
