@@ -165,15 +165,17 @@ func truncate(s string, n int) string {
 
 // splitRID splits WeChat's errmsg ("invalid code, rid: 6654a1b2-...") into
 // its text and its rid. A rid that is not a short printable token is
-// dropped rather than trusted.
-func splitRID(errmsg string) (text, rid string) {
+// dropped rather than trusted, and so is one that holds the secret or the
+// code (an upstream echoing the request): the rid is logged as it is, and
+// the text left with it is scrubbed by the caller.
+func splitRID(errmsg, secret, code string) (text, rid string) {
 	i := strings.LastIndex(errmsg, "rid:")
 	if i < 0 {
 		return errmsg, ""
 	}
 	rid = strings.TrimSpace(errmsg[i+len("rid:"):])
 	text = strings.TrimRight(errmsg[:i], " ,;")
-	if !protocol.ValidToken(rid) || len(rid) > maxRID {
+	if !protocol.ValidToken(rid) || len(rid) > maxRID || scrub(rid, secret, code) != rid {
 		return errmsg, ""
 	}
 	return text, rid
@@ -201,7 +203,7 @@ func errcodeError(errcode int, errmsg, secret, code string) *protocol.Error {
 	if !ok {
 		v = unknownErrcode
 	}
-	text, rid := splitRID(errmsg)
+	text, rid := splitRID(errmsg, secret, code)
 	s := "errmsg: " + scrub(text, secret, code)
 	if rid != "" {
 		s += ", rid: " + rid

@@ -273,7 +273,7 @@ func (c *Client) Code2Session(ctx context.Context, appid, secret, code string) (
 		// Never quote the body: it may hold a session_key.
 		return Session{}, garbage("WeChat answered without an openid", newCause("errcode 0 but no openid", "", nil))
 	}
-	_, rid := splitRID(a.Errmsg)
+	_, rid := splitRID(a.Errmsg, secret, code)
 	return Session{OpenID: a.OpenID, UnionID: a.UnionID, SessionKey: a.SessionKey, RID: rid}, nil
 }
 

@@ -568,8 +568,13 @@ func TestSplitRID(t *testing.T) {
 		{"rid: abc", "", "abc"},
 		{"weird, rid: has spaces inside", "weird, rid: has spaces inside", ""},
 		{"long, rid: " + strings.Repeat("r", 100), "long, rid: " + strings.Repeat("r", 100), ""},
+		// An echo of the request in the rid's place: no rid, and the
+		// whole errmsg is left to the caller's scrubbing.
+		{"echo, rid: " + testCode, "echo, rid: " + testCode, ""},
+		{"echo, rid: " + testSecret, "echo, rid: " + testSecret, ""},
+		{"echo, rid: x" + url.QueryEscape(testSecret), "echo, rid: x" + url.QueryEscape(testSecret), ""},
 	} {
-		text, rid := splitRID(tc.in)
+		text, rid := splitRID(tc.in, testSecret, testCode)
 		if text != tc.text || rid != tc.rid {
 			t.Errorf("splitRID(%q) = %q, %q; want %q, %q", tc.in, text, rid, tc.text, tc.rid)
 		}
