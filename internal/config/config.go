@@ -60,8 +60,8 @@ type Worker struct {
 	APIBase        string        `envconfig:"WX_API_BASE" default:"https://api.weixin.qq.com" desc:"WeChat API base URL"`
 	HTTPTimeout    time.Duration `envconfig:"WX_HTTP_TIMEOUT" default:"2s" desc:"timeout of one upstream attempt"`
 	MaxAttempts    int           `envconfig:"WX_MAX_ATTEMPTS" default:"3" desc:"upstream attempts per exchange, first included"`
-	Rate           float64       `envconfig:"WX_RATE" default:"0" desc:"upstream calls per second per appid; 0 = unlimited"`
-	Burst          int           `envconfig:"WX_BURST" default:"0" desc:"calls allowed at once above WX_RATE; 0 = one second's worth"`
+	Rate           float64       `envconfig:"WX_RATE" default:"0" desc:"upstream calls per second per appid for the whole worker pool; 0 = unlimited"`
+	Burst          int           `envconfig:"WX_BURST" default:"0" desc:"how far the pool may exceed WX_RATE in any second; 0 = one second's worth"`
 	Concurrency    int           `envconfig:"WORKER_CONCURRENCY" default:"1024" desc:"exchanges in flight per worker"`
 	RequestTimeout time.Duration `envconfig:"WORKER_REQUEST_TIMEOUT" default:"5s" desc:"budget of a NATS request that carries no Wxlogin-Timeout-Ms header"`
 	MetricsAddr    string        `envconfig:"WORKER_METRICS_ADDR" default:":9091" desc:"address of /healthz and /readyz; empty disables"`

@@ -11,15 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"math/rand/v2"
 	"time"
-
-	"golang.org/x/time/rate"
 
 	"github.com/wxlogin/wxlogin/internal/dedup"
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/protocol"
+	"github.com/wxlogin/wxlogin/internal/ratelimit"
 	"github.com/wxlogin/wxlogin/internal/wechat"
 )
 
@@ -52,7 +50,7 @@ type Worker struct {
 	cfg      Config
 	wx       *wechat.Client
 	log      *slog.Logger
-	limiters map[string]*rate.Limiter // fixed at New: no lock needed
+	limit    *ratelimit.Limiter
 	onlyApp  string                   // the appid when exactly one is configured
 	stats    *stats
 	dedup    *dedup.Store // nil with NoDedup
@@ -78,24 +76,22 @@ func New(cfg Config, upstream *wechat.Client, logger *slog.Logger) (*Worker, err
 		cfg.SubjectPrefix = protocol.DefaultSubjectPrefix
 	}
 	w := &Worker{
-		cfg:      cfg,
-		wx:       upstream,
-		log:      logger,
-		limiters: map[string]*rate.Limiter{},
-		stats:    newStats(),
+		cfg:   cfg,
+		wx:    upstream,
+		log:   logger,
+		stats: newStats(),
 	}
+	appids := make([]string, 0, len(cfg.Apps))
 	for appid := range cfg.Apps {
-		if cfg.Rate > 0 {
-			burst := cfg.Burst
-			if burst == 0 {
-				burst = int(math.Ceil(cfg.Rate))
-			}
-			w.limiters[appid] = rate.NewLimiter(rate.Limit(cfg.Rate), burst)
-		}
+		appids = append(appids, appid)
 		if len(cfg.Apps) == 1 {
 			w.onlyApp = appid
 		}
 	}
+	w.limit = ratelimit.New(ratelimit.Options{
+		Rate: cfg.Rate, Burst: cfg.Burst, MinAttempt: minAttempt,
+		Bucket: ratelimit.BucketName(cfg.SubjectPrefix), Replicas: cfg.KVReplicas,
+	}, appids, logger)
 	if !cfg.NoDedup {
 		w.dedup = dedup.New(dedup.Options{
 			ResultTTL: cfg.ResultTTL, ClaimTTL: cfg.ClaimTTL,
@@ -189,7 +185,10 @@ func (w *Worker) upstream(ctx context.Context, appid, secret, code string, o *ou
 func (w *Worker) withRetries(ctx context.Context, appid, secret, code string, o *outcome) (wechat.Session, *protocol.Error) {
 	ambiguous := false // an earlier attempt may have consumed the code
 	for {
-		if e := w.waitForToken(ctx, appid); e != nil {
+		if e := w.limit.Wait(ctx, appid); e != nil {
+			if e.Kind == protocol.KindRateLimited {
+				w.stats.rateLimited.Add(1)
+			}
 			return wechat.Session{}, e
 		}
 		o.attempts++
@@ -198,10 +197,12 @@ func (w *Worker) withRetries(ctx context.Context, appid, secret, code string, o 
 		s, err := w.wx.Code2Session(actx, appid, secret, code)
 		cancel()
 		if err == nil {
+			w.limit.Feedback(ctx, appid, 0)
 			return s, nil
 		}
 		e := protocol.As(err)
 		w.stats.upstreamError(e.WxErrcode)
+		w.limit.Feedback(ctx, appid, e.WxErrcode)
 		if ctx.Err() != nil {
 			return wechat.Session{}, deadlineError(ctx, e)
 		}
@@ -262,33 +263,6 @@ func (w *Worker) backoff(attempt int, e *protocol.Error) time.Duration {
 		ceil = limit
 	}
 	return time.Duration(rand.Int64N(int64(ceil) + 1))
-}
-
-// waitForToken takes a token of appid's limiter, waiting only as long as
-// the deadline allows; otherwise it fails at once with rate_limited and
-// the wait that a retry would face.
-func (w *Worker) waitForToken(ctx context.Context, appid string) *protocol.Error {
-	lim := w.limiters[appid]
-	if lim == nil {
-		return nil
-	}
-	r := lim.Reserve()
-	d := r.Delay()
-	if d == 0 {
-		return nil
-	}
-	if dl, ok := ctx.Deadline(); !r.OK() || (ok && time.Until(dl) < d+minAttempt) {
-		r.Cancel()
-		w.stats.rateLimited.Add(1)
-		e := protocol.New(protocol.KindRateLimited, "too many logins for this app right now")
-		e.RetryAfter = d
-		return e
-	}
-	if !sleep(ctx, d) {
-		r.Cancel()
-		return deadlineError(ctx, protocol.New(protocol.KindRateLimited, "waiting for the rate limit"))
-	}
-	return nil
 }
 
 // sleep waits d or until ctx ends; it reports whether d passed.

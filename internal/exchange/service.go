@@ -2,6 +2,7 @@ package exchange
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"github.com/wxlogin/wxlogin/internal/dedup"
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/protocol"
+	"github.com/wxlogin/wxlogin/internal/ratelimit"
 )
 
 // maxBudget caps the budget a requester may ask for in its header, so a
@@ -96,8 +98,9 @@ func (w *Worker) Start(nc *nats.Conn, version string) error {
 	w.svc = svc
 	w.stopBind = stopBind
 	w.mu.Unlock()
-	if w.dedup != nil {
-		go w.bindStore(bindCtx, nc)
+	go w.bindStores(bindCtx, nc)
+	if w.cfg.Rate > 0 {
+		go w.countPeers(bindCtx, nc)
 	}
 	w.log.Info("worker serving", "subject", protocol.Subject(w.cfg.SubjectPrefix), "queue", protocol.QueueGroup,
 		"version", version, "limits", w.String())
@@ -171,31 +174,94 @@ func (w *Worker) serve(reply string, data []byte, deadline time.Time) {
 	}
 }
 
-// bindStore turns on cross-worker de-duplication once JetStream answers.
-// Until then, and for good when the server has no JetStream, exchanges
-// are de-duplicated per worker only.
-func (w *Worker) bindStore(ctx context.Context, nc *nats.Conn) {
+// bindStores turns on the pool-wide pieces once JetStream answers:
+// de-duplication and the rate limit. Until then, and for good when the
+// server has no JetStream, both work per worker.
+func (w *Worker) bindStores(ctx context.Context, nc *nats.Conn) {
+	type store struct {
+		name string
+		bind func(context.Context, *nats.Conn) error
+		off  error
+	}
+	var todo []store
+	if w.dedup != nil {
+		todo = append(todo, store{"de-duplication", w.dedup.Bind, dedup.ErrNoJetStream})
+	}
+	if w.cfg.Rate > 0 {
+		todo = append(todo, store{"rate limit", w.limit.Bind, ratelimit.ErrNoJetStream})
+	}
 	pause := 250 * time.Millisecond
-	for {
+	for len(todo) > 0 {
+		s := todo[0]
 		bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := w.dedup.Bind(bctx, nc)
+		err := s.bind(bctx, nc)
 		cancel()
 		switch {
 		case err == nil:
-			w.log.Info("cross-worker de-duplication on", "bucket", dedup.BucketName(w.cfg.SubjectPrefix))
-			return
-		case errors.Is(err, dedup.ErrNoJetStream):
-			w.log.Warn("cross-worker de-duplication is OFF: the NATS server has no JetStream; " +
-				"duplicates are collapsed per worker only")
-			return
+			w.log.Info("pool-wide "+s.name+" on", "jetstream", true)
+			todo = todo[1:]
+			continue
+		case errors.Is(err, s.off):
+			w.log.Warn("cross-worker " + s.name + " is OFF: the NATS server has no JetStream; " +
+				"it holds per worker only (de-duplication: duplicates collapse on one worker; rate: WX_RATE ÷ workers)")
+			todo = todo[1:]
+			continue
 		case ctx.Err() != nil:
 			return
 		}
-		w.log.Debug("kv bucket not bound yet; retrying", logging.Err(err))
+		w.log.Debug(s.name+" bucket not bound yet; retrying", logging.Err(err))
 		if !sleep(ctx, pause) {
 			return
 		}
 		pause = min(2*pause, 5*time.Second)
+	}
+}
+
+// countPeers keeps the rate limiter's idea of the pool size current, for
+// its per-worker fallback: every few seconds it asks the micro discovery
+// subject who serves wxlogin.
+func (w *Worker) countPeers(ctx context.Context, nc *nats.Conn) {
+	for {
+		if n, err := discover(ctx, nc); err == nil && n > 0 {
+			w.limit.SetPeers(n)
+		}
+		if !sleep(ctx, 2*time.Second) {
+			return
+		}
+	}
+}
+
+// discover counts the instances of the wxlogin service that answer a
+// PING within a short window.
+func discover(ctx context.Context, nc *nats.Conn) (int, error) {
+	if !nc.IsConnected() {
+		return 0, nats.ErrDisconnected
+	}
+	subject, err := micro.ControlSubject(micro.PingVerb, protocol.ServiceName, "")
+	if err != nil {
+		return 0, err
+	}
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return 0, err
+	}
+	defer sub.Unsubscribe()
+	if err := nc.PublishRequest(subject, inbox, nil); err != nil {
+		return 0, err
+	}
+	ids := map[string]bool{}
+	window, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+	defer cancel()
+	for {
+		m, err := sub.NextMsgWithContext(window)
+		if err != nil {
+			return len(ids), nil
+		}
+		var p micro.Ping
+		if json.Unmarshal(m.Data, &p) == nil && p.ID != "" {
+			ids[p.ID] = true
+		}
 	}
 }
 
@@ -206,6 +272,18 @@ func (w *Worker) DedupMode() string {
 	case w.dedup == nil:
 		return "off"
 	case w.dedup.Shared():
+		return "shared"
+	}
+	return "local"
+}
+
+// RateMode says how far the rate limit reaches: "shared" (the pool),
+// "local" (a per-worker share), or "off" (WX_RATE=0).
+func (w *Worker) RateMode() string {
+	switch {
+	case w.cfg.Rate <= 0:
+		return "off"
+	case w.limit.Shared():
 		return "shared"
 	}
 	return "local"

@@ -75,20 +75,23 @@ func (s *stats) upstreamError(errcode int) {
 // Stats is a snapshot of a worker's figures, served as the micro
 // endpoint's stats data (nats micro stats wxlogin).
 type Stats struct {
-	Requests      int64            `json:"requests"`
-	OK            int64            `json:"ok"`
-	Errors        map[string]int64 `json:"errors"`
-	InFlight      int64            `json:"in_flight"`
-	UpstreamCalls int64            `json:"upstream_calls"`
-	UpstreamCodes map[string]int64 `json:"upstream_errcodes"`
-	Retries       int64            `json:"retries"`
-	RateLimited   int64            `json:"rate_limited"`
-	LostAnswers   int64            `json:"lost_answers"`
-	Deduplicated  int64            `json:"deduplicated"`
-	Dedup         string           `json:"dedup"`
-	AvgLatency    string           `json:"average_latency"`
-	LastError     string           `json:"last_error,omitempty"`
-	LastErrorAt   *time.Time       `json:"last_error_at,omitempty"`
+	Requests      int64              `json:"requests"`
+	OK            int64              `json:"ok"`
+	Errors        map[string]int64   `json:"errors"`
+	InFlight      int64              `json:"in_flight"`
+	UpstreamCalls int64              `json:"upstream_calls"`
+	UpstreamCodes map[string]int64   `json:"upstream_errcodes"`
+	Retries       int64              `json:"retries"`
+	RateLimited   int64              `json:"rate_limited"`
+	LostAnswers   int64              `json:"lost_answers"`
+	Deduplicated  int64              `json:"deduplicated"`
+	Dedup         string             `json:"dedup"`
+	RateLimit     string             `json:"rate_limit"`
+	EffectiveRate map[string]float64 `json:"effective_rate,omitempty"`
+	WorkersKnown  int                `json:"workers_known,omitempty"`
+	AvgLatency    string             `json:"average_latency"`
+	LastError     string             `json:"last_error,omitempty"`
+	LastErrorAt   *time.Time         `json:"last_error_at,omitempty"`
 }
 
 // Stats returns the worker's figures so far.
@@ -106,6 +109,11 @@ func (w *Worker) Stats() Stats {
 		LostAnswers:   s.lostAnswers.Load(),
 		Deduplicated:  s.deduped.Load(),
 		Dedup:         w.DedupMode(),
+		RateLimit:     w.RateMode(),
+	}
+	if w.cfg.Rate > 0 {
+		out.EffectiveRate = w.limit.Rates()
+		out.WorkersKnown = w.limit.Peers()
 	}
 	if out.Requests > 0 {
 		out.AvgLatency = (time.Duration(s.latencyNanos.Load() / out.Requests)).String()

@@ -47,6 +47,7 @@ type Options struct {
 	Apps     []fakewx.App // default: App
 	NoJS     bool         // a plain NATS server without JetStream
 	Upstream *httptest.Server
+	OnCall   func(fakewx.Call) // sees every call the fake upstream gets
 }
 
 // New starts NATS and the fake upstream.
@@ -58,7 +59,7 @@ func New(t testing.TB, o Options) *Bed {
 	b := &Bed{T: t, Logs: &Buffer{}}
 	b.Logger = slog.New(slog.NewJSONHandler(b.Logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	b.NATS = embednats.ForTest(t, o.NoJS)
-	b.Fake = fakewx.New(fakewx.Config{Apps: o.Apps})
+	b.Fake = fakewx.New(fakewx.Config{Apps: o.Apps, OnCall: o.OnCall})
 	b.Upstream = o.Upstream
 	if b.Upstream == nil {
 		b.Upstream = httptest.NewServer(b.Fake)

@@ -1,0 +1,488 @@
+// Package ratelimit keeps the calls the whole worker pool makes to WeChat
+// at or under WX_RATE per appid, however many workers run.
+//
+// Time is cut into blocks (Block long). Each block of each appid carries
+// about Rate×Block call slots, evenly spaced. A worker that needs a slot
+// claims the next free block with a JetStream key-value Create, which
+// succeeds for exactly one worker, and then spends that block's slots only
+// at their times. Every slot of the pool therefore has exactly one owner
+// and one time, so any one-second window holds at most Rate plus one
+// block's slots (Block is sized so that this is at most WX_BURST).
+//
+// There is no leader to elect or lose. Idle workers claim nothing, so a
+// busy worker may use the pool's whole rate. A worker that dies loses only
+// the blocks it had claimed ahead, at most MaxQueue worth. The adaptive
+// rate (halved on 45011 or a run of -1, raised by a tenth of Rate a second
+// when answers are healthy again) lives in the same bucket, so the whole
+// pool backs off together.
+//
+// When the bucket cannot be reached (no JetStream, or a store outage), each
+// worker falls back to a local limiter at the effective rate divided by
+// the last known number of workers, and says so in the log.
+package ratelimit
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
+
+	"github.com/wxlogin/wxlogin/internal/logging"
+	"github.com/wxlogin/wxlogin/internal/protocol"
+)
+
+// Options configure a Limiter.
+type Options struct {
+	Rate  float64 // calls per second per appid for the whole pool; 0 = unlimited
+	Burst int     // calls allowed at once above Rate (bounds the block size)
+	// MaxQueue is the longest a request may wait for its slot; beyond it
+	// the request is shed with 429 at once. Default 2s.
+	MaxQueue time.Duration
+	Bucket   string // KV bucket name
+	Replicas int
+	// MinAttempt is the least time worth starting an upstream call with:
+	// a slot later than the deadline minus this is refused.
+	MinAttempt time.Duration
+}
+
+// Limiter is one worker's view of the pool-wide limit.
+type Limiter struct {
+	opts  Options
+	block time.Duration // one block's length
+	log   *slog.Logger
+	apps  map[string]*app // fixed at New: no lock needed
+
+	kv    atomic.Pointer[jetstream.KeyValue]
+	peers atomic.Int64 // last known number of workers, ≥ 1
+
+	lastWarn atomic.Int64
+}
+
+// New returns a limiter for appids. Until Bind succeeds it limits locally.
+func New(opts Options, appids []string, logger *slog.Logger) *Limiter {
+	if opts.MaxQueue <= 0 {
+		opts.MaxQueue = 2 * time.Second
+	}
+	if opts.Replicas < 1 {
+		opts.Replicas = 1
+	}
+	if opts.Burst <= 0 {
+		opts.Burst = max(1, int(math.Ceil(opts.Rate)))
+	}
+	l := &Limiter{opts: opts, log: logger, apps: map[string]*app{}}
+	if opts.Rate > 0 {
+		// A block holds at most Burst slots, so the pool never exceeds
+		// Rate+Burst in a window; it is at most 200ms so that a dead
+		// worker's claimed blocks and the pool's sharing stay fine-grained.
+		l.block = time.Duration(float64(time.Second) * float64(opts.Burst) / opts.Rate)
+		l.block = max(min(l.block, 200*time.Millisecond), time.Duration(float64(time.Second)/opts.Rate), time.Millisecond)
+	}
+	l.peers.Store(1)
+	for _, id := range appids {
+		l.apps[id] = &app{
+			id:    id,
+			keyID: hex.EncodeToString([]byte(id)),
+			eff:   opts.Rate,
+			burst: opts.Burst,
+			local: rate.NewLimiter(rate.Limit(opts.Rate), opts.Burst),
+		}
+	}
+	return l
+}
+
+// BucketName is the rate-limit bucket for a subject prefix.
+func BucketName(subjectPrefix string) string {
+	return strings.ReplaceAll(subjectPrefix, ".", "_") + "_ratelimit"
+}
+
+// ErrNoJetStream means the server has JetStream off: the limit is kept
+// per worker, as a share of the pool's.
+var ErrNoJetStream = errors.New("jetstream is not enabled on the server")
+
+// Bind creates (or opens) the bucket and turns pool-wide limiting on.
+func (l *Limiter) Bind(ctx context.Context, nc *nats.Conn) error {
+	if l.opts.Rate <= 0 {
+		return nil
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      l.opts.Bucket,
+		Description: "wxlogin: pool-wide rate limit (claimed time blocks, effective rates)",
+		// Blocks matter for seconds; the effective rate is rewritten
+		// every second while it recovers, and a missing one means "full".
+		TTL:      time.Minute,
+		History:  1,
+		Storage:  jetstream.MemoryStorage,
+		Replicas: l.opts.Replicas,
+	})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = js.KeyValue(ctx, l.opts.Bucket)
+	}
+	if err != nil {
+		if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+			return ErrNoJetStream
+		}
+		return fmt.Errorf("binding kv bucket %s: %w", l.opts.Bucket, err)
+	}
+	l.kv.Store(&kv)
+	return nil
+}
+
+// Shared reports whether the limit holds pool-wide (the bucket is bound).
+func (l *Limiter) Shared() bool { return l.kv.Load() != nil }
+
+// SetPeers records how many workers the pool has, for the local fallback.
+func (l *Limiter) SetPeers(n int) {
+	n = max(n, 1)
+	if int64(n) == l.peers.Swap(int64(n)) {
+		return
+	}
+	for _, a := range l.apps {
+		a.mu.Lock()
+		a.setLocal(n)
+		a.mu.Unlock()
+	}
+}
+
+// Peers returns the last known number of workers.
+func (l *Limiter) Peers() int { return int(l.peers.Load()) }
+
+// Rates returns each appid's current effective rate (pool-wide).
+func (l *Limiter) Rates() map[string]float64 {
+	out := make(map[string]float64, len(l.apps))
+	for id, a := range l.apps {
+		a.mu.Lock()
+		out[id] = a.eff
+		a.mu.Unlock()
+	}
+	return out
+}
+
+// Wait returns when the caller may call WeChat for appid, or at once with
+// rate_limited (and the wait a retry faces) when its deadline or the
+// queue bound does not allow waiting for a slot.
+func (l *Limiter) Wait(ctx context.Context, appid string) *protocol.Error {
+	a := l.apps[appid]
+	if a == nil || l.opts.Rate <= 0 {
+		return nil
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(l.opts.MaxQueue)
+	}
+	latest := deadline.Add(-l.opts.MinAttempt)
+	if q := time.Now().Add(l.opts.MaxQueue); q.Before(latest) {
+		latest = q
+	}
+
+	l.refreshRate(ctx, a)
+	var at time.Time
+	var e *protocol.Error
+	if kvp := l.kv.Load(); kvp != nil {
+		var err error
+		at, e, err = l.takeShared(ctx, *kvp, a, latest)
+		if err != nil {
+			if ctx.Err() != nil {
+				return protocol.Wrap(err, protocol.KindTimeout, "the deadline passed while waiting for the rate limit")
+			}
+			l.degraded("the rate-limit bucket failed; limiting per worker", err)
+			at, e = l.takeLocal(a, latest)
+		}
+	} else {
+		at, e = l.takeLocal(a, latest)
+	}
+	if e != nil {
+		return e
+	}
+	if d := time.Until(at); d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return protocol.New(protocol.KindTimeout, "the deadline passed while waiting for the rate limit")
+		}
+	}
+	return nil
+}
+
+// Feedback tells the limiter how WeChat answered an appid's call: 45011
+// or a run of -1 (busy) lowers the pool's rate.
+func (l *Limiter) Feedback(ctx context.Context, appid string, errcode int) {
+	a := l.apps[appid]
+	if a == nil || l.opts.Rate <= 0 {
+		return
+	}
+	a.mu.Lock()
+	pushback := false
+	switch errcode {
+	case 0:
+		a.busyRun = 0
+	case -1:
+		a.busyRun++
+		pushback = a.busyRun >= busyRunPushback
+	case 45011:
+		pushback = true
+	}
+	if pushback {
+		a.busyRun = 0
+		a.lastPushback = time.Now()
+	}
+	a.mu.Unlock()
+	if pushback {
+		l.adjust(ctx, a, true)
+	}
+}
+
+// busyRunPushback is how many -1 answers in a row count as WeChat pushing
+// back; a single -1 is ordinary noise.
+const busyRunPushback = 3
+
+// app is the per-appid state of one worker.
+type app struct {
+	id, keyID string
+
+	mu           sync.Mutex
+	slots        []time.Time // owned, unused slot times, ascending
+	nextBlock    int64       // the next block worth trying to claim
+	eff          float64     // effective pool-wide rate
+	effRev       uint64      // its revision in the bucket (0: not stored)
+	effChanged   time.Time   // when it last changed, as stored
+	effRead      time.Time   // when this worker last read it
+	busyRun      int
+	lastPushback time.Time
+	burst        int
+	local        *rate.Limiter // fallback: eff / peers
+}
+
+// setLocal sizes the fallback limiter as this worker's share of the pool.
+func (a *app) setLocal(peers int) {
+	a.local.SetLimit(rate.Limit(a.eff / float64(peers)))
+	a.local.SetBurst(max(1, a.burst/peers))
+}
+
+func (l *Limiter) takeLocal(a *app, latest time.Time) (time.Time, *protocol.Error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	r := a.local.ReserveN(now, 1)
+	at := now.Add(r.DelayFrom(now))
+	if !r.OK() || at.After(latest) {
+		r.CancelAt(now)
+		return time.Time{}, limited(at.Sub(now))
+	}
+	return at, nil
+}
+
+// takeShared returns the time of a slot this worker owns: one already
+// claimed, or one of a block it claims now.
+func (l *Limiter) takeShared(ctx context.Context, kv jetstream.KeyValue, a *app, latest time.Time) (time.Time, *protocol.Error, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	// Slots in the past are gone: spending them now would bunch calls.
+	i := 0
+	for i < len(a.slots) && a.slots[i].Before(now.Add(-time.Millisecond)) {
+		i++
+	}
+	a.slots = a.slots[i:]
+	if len(a.slots) == 0 {
+		if err := l.claim(ctx, kv, a, now, latest); err != nil {
+			return time.Time{}, nil, err
+		}
+	}
+	if len(a.slots) == 0 || a.slots[0].After(latest) {
+		wait := l.opts.MaxQueue
+		if len(a.slots) > 0 {
+			wait = a.slots[0].Sub(now)
+		} else if a.nextBlock > 0 {
+			wait = l.blockStart(a.nextBlock).Sub(now)
+		}
+		return time.Time{}, limited(wait), nil
+	}
+	at := a.slots[0]
+	a.slots = a.slots[1:]
+	return at, nil, nil
+}
+
+// claim claims the first free block from now on that starts by latest.
+func (l *Limiter) claim(ctx context.Context, kv jetstream.KeyValue, a *app, now, latest time.Time) error {
+	k := max(l.blockOf(now), a.nextBlock)
+	for tries := 0; tries < 64; tries++ {
+		start := l.blockStart(k)
+		if start.After(latest) {
+			a.nextBlock = k
+			return nil
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := kv.Create(cctx, "b."+a.keyID+"."+fmt.Sprint(k), nil)
+		cancel()
+		switch {
+		case err == nil:
+			a.nextBlock = k + 1
+			a.slots = append(a.slots, l.slotsOf(k, a.eff, now)...)
+			if len(a.slots) > 0 {
+				return nil
+			}
+		case errors.Is(err, jetstream.ErrKeyExists):
+		default:
+			return err
+		}
+		k++
+	}
+	a.nextBlock = k
+	return nil
+}
+
+// slotsOf returns block k's slot times from now on. The slots of
+// consecutive blocks follow one schedule of Rate per second, so fractions
+// carry over from block to block.
+func (l *Limiter) slotsOf(k int64, eff float64, now time.Time) []time.Time {
+	perBlock := eff * l.block.Seconds()
+	n := int(math.Floor(float64(k+1)*perBlock) - math.Floor(float64(k)*perBlock))
+	start := l.blockStart(k)
+	out := make([]time.Time, 0, n)
+	for i := range n {
+		t := start.Add(time.Duration(i) * l.block / time.Duration(n))
+		if !t.Before(now.Add(-time.Millisecond)) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func (l *Limiter) blockOf(t time.Time) int64 { return t.UnixNano() / int64(l.block) }
+
+func (l *Limiter) blockStart(k int64) time.Time { return time.Unix(0, k*int64(l.block)) }
+
+func limited(wait time.Duration) *protocol.Error {
+	e := protocol.New(protocol.KindRateLimited, "too many logins for this app right now")
+	e.RetryAfter = max(wait, time.Second)
+	return e
+}
+
+// effective is the bucket's record of an appid's effective rate.
+type effective struct {
+	Rate float64 `json:"rate"`
+	At   int64   `json:"at"` // unix nanos of the change
+}
+
+// rateRefresh is how often a worker re-reads the pool's effective rate.
+const rateRefresh = 250 * time.Millisecond
+
+// refreshRate re-reads the effective rate at most every rateRefresh, and
+// raises it when WeChat has been healthy for a second since the last change.
+func (l *Limiter) refreshRate(ctx context.Context, a *app) {
+	a.mu.Lock()
+	stale := time.Since(a.effRead) >= rateRefresh
+	a.mu.Unlock()
+	if !stale {
+		return
+	}
+	l.adjust(ctx, a, false)
+}
+
+// adjust reads the effective rate and, with pushback, halves it or,
+// without, raises it by a tenth of Rate once a second, by compare-and-set
+// so that workers seeing the same event change it once.
+func (l *Limiter) adjust(ctx context.Context, a *app, pushback bool) {
+	kvp := l.kv.Load()
+	if kvp == nil {
+		l.adjustLocal(a, pushback)
+		return
+	}
+	kv := *kvp
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	key := "r." + a.keyID
+	cur, rev := effective{Rate: l.opts.Rate}, uint64(0)
+	if e, err := kv.Get(cctx, key); err == nil {
+		if json.Unmarshal(e.Value(), &cur) != nil || cur.Rate <= 0 {
+			cur = effective{Rate: l.opts.Rate}
+		}
+		rev = e.Revision()
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {
+		return
+	}
+	now := time.Now()
+	a.mu.Lock()
+	quiet := now.Sub(a.lastPushback) > 2*time.Second
+	a.mu.Unlock()
+	next := cur.Rate
+	sinceChange := now.Sub(time.Unix(0, cur.At))
+	switch {
+	case pushback && sinceChange > time.Second:
+		next = math.Max(cur.Rate/2, l.floor())
+	case !pushback && quiet && cur.Rate < l.opts.Rate && sinceChange >= time.Second:
+		next = math.Min(cur.Rate+l.opts.Rate/10, l.opts.Rate)
+	}
+	if next != cur.Rate {
+		val, _ := json.Marshal(effective{Rate: next, At: now.UnixNano()})
+		var err error
+		if rev == 0 {
+			_, err = kv.Create(cctx, key, val)
+		} else {
+			_, err = kv.Update(cctx, key, val, rev)
+		}
+		if err == nil {
+			l.log.Warn("pool rate changed", "appid", a.id, "from", round(cur.Rate), "to", round(next), "configured", l.opts.Rate)
+			cur = effective{Rate: next, At: now.UnixNano()}
+		}
+		// On a conflict another worker changed it: its value counts.
+	}
+	a.mu.Lock()
+	a.eff, a.effRead = cur.Rate, now
+	a.setLocal(int(l.peers.Load()))
+	a.mu.Unlock()
+}
+
+// adjustLocal is adjust's fallback without the bucket: this worker backs
+// off on its own.
+func (l *Limiter) adjustLocal(a *app, pushback bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	next := a.eff
+	switch {
+	case pushback && now.Sub(a.effChanged) > time.Second:
+		next = math.Max(a.eff/2, l.floor())
+	case !pushback && a.eff < l.opts.Rate && now.Sub(a.effChanged) >= time.Second && now.Sub(a.lastPushback) > 2*time.Second:
+		next = math.Min(a.eff+l.opts.Rate/10, l.opts.Rate)
+	}
+	if next != a.eff {
+		l.log.Warn("worker rate changed (pool bucket unreachable)", "appid", a.id, "from", round(a.eff), "to", round(next))
+		a.eff, a.effChanged = next, now
+		a.setLocal(int(l.peers.Load()))
+	}
+	a.effRead = now
+}
+
+// floor is the least effective rate: backing off to nothing would stop
+// logins altogether.
+func (l *Limiter) floor() float64 { return math.Max(l.opts.Rate/20, math.Min(1, l.opts.Rate)) }
+
+func round(r float64) float64 { return math.Round(r*100) / 100 }
+
+// degraded logs at most once per 10 seconds.
+func (l *Limiter) degraded(what string, err error) {
+	now := time.Now().UnixNano()
+	last := l.lastWarn.Load()
+	if now-last < int64(10*time.Second) || !l.lastWarn.CompareAndSwap(last, now) {
+		return
+	}
+	l.log.Warn(what, "workers_known", l.peers.Load(), logging.Err(err))
+}
