@@ -47,13 +47,13 @@ type Config struct {
 
 // Worker exchanges codes. Its zero value is not usable; call New.
 type Worker struct {
-	cfg      Config
-	wx       *wechat.Client
-	log      *slog.Logger
-	limit    *ratelimit.Limiter
-	onlyApp  string                   // the appid when exactly one is configured
-	stats    *stats
-	dedup    *dedup.Store // nil with NoDedup
+	cfg     Config
+	wx      *wechat.Client
+	log     *slog.Logger
+	limit   *ratelimit.Limiter
+	onlyApp string // the appid when exactly one is configured
+	stats   *stats
+	dedup   *dedup.Store // nil with NoDedup
 
 	intake // the NATS side, in service.go
 }
