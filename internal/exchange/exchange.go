@@ -14,8 +14,11 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/wxlogin/wxlogin/internal/dedup"
 	"github.com/wxlogin/wxlogin/internal/logging"
+	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 	"github.com/wxlogin/wxlogin/internal/ratelimit"
 	"github.com/wxlogin/wxlogin/internal/wechat"
@@ -43,6 +46,9 @@ type Config struct {
 	// NoDedup turns de-duplication off entirely: for benchmarks that
 	// measure its cost, never for production.
 	NoDedup bool
+	// Registry, when set, receives the worker's Prometheus metrics and is
+	// served on the probes' /metrics.
+	Registry *prometheus.Registry
 }
 
 // Worker exchanges codes. Its zero value is not usable; call New.
@@ -92,6 +98,13 @@ func New(cfg Config, upstream *wechat.Client, logger *slog.Logger) (*Worker, err
 		Rate: cfg.Rate, Burst: cfg.Burst, MinAttempt: minAttempt,
 		Bucket: ratelimit.BucketName(cfg.SubjectPrefix), Replicas: cfg.KVReplicas,
 	}, appids, logger)
+	if cfg.Registry != nil {
+		var rates func() map[string]float64
+		if cfg.Rate > 0 {
+			rates = w.limit.Rates
+		}
+		w.stats.m = metrics.NewWorker(cfg.Registry, appids, rates)
+	}
 	if !cfg.NoDedup {
 		w.dedup = dedup.New(dedup.Options{
 			ResultTTL: cfg.ResultTTL, ClaimTTL: cfg.ClaimTTL,
@@ -107,7 +120,11 @@ func New(cfg Config, upstream *wechat.Client, logger *slog.Logger) (*Worker, err
 // *protocol.Error.
 func (w *Worker) Exchange(ctx context.Context, req protocol.Request) (protocol.Result, error) {
 	w.stats.inFlight.Add(1)
-	defer w.stats.inFlight.Add(-1)
+	w.stats.m.InFlight(1)
+	defer func() {
+		w.stats.inFlight.Add(-1)
+		w.stats.m.InFlight(-1)
+	}()
 	start := time.Now()
 	res, o := w.exchange(ctx, req)
 	o.latency = time.Since(start)
@@ -185,22 +202,30 @@ func (w *Worker) upstream(ctx context.Context, appid, secret, code string, o *ou
 func (w *Worker) withRetries(ctx context.Context, appid, secret, code string, o *outcome) (wechat.Session, *protocol.Error) {
 	ambiguous := false // an earlier attempt may have consumed the code
 	for {
+		waitStart := time.Now()
 		if e := w.limit.Wait(ctx, appid); e != nil {
 			if e.Kind == protocol.KindRateLimited {
 				w.stats.rateLimited.Add(1)
+				w.stats.m.RateWait(appid, 0, true)
 			}
 			return wechat.Session{}, e
 		}
+		if w.cfg.Rate > 0 {
+			w.stats.m.RateWait(appid, time.Since(waitStart).Seconds(), false)
+		}
 		o.attempts++
 		w.stats.upstreamCalls.Add(1)
+		callStart := time.Now()
 		actx, cancel := context.WithTimeout(ctx, w.cfg.HTTPTimeout)
 		s, err := w.wx.Code2Session(actx, appid, secret, code)
 		cancel()
 		if err == nil {
+			w.stats.m.Attempt(appid, 0, false, time.Since(callStart).Seconds())
 			w.limit.Feedback(ctx, appid, 0)
 			return s, nil
 		}
 		e := protocol.As(err)
+		w.stats.m.Attempt(appid, e.WxErrcode, e.WxErrcode == 0, time.Since(callStart).Seconds())
 		w.stats.upstreamError(e.WxErrcode)
 		w.limit.Feedback(ctx, appid, e.WxErrcode)
 		if ctx.Err() != nil {
@@ -223,6 +248,7 @@ func (w *Worker) withRetries(ctx context.Context, appid, secret, code string, o 
 		}
 		o.retries++
 		w.stats.retries.Add(1)
+		w.stats.m.Retry(appid)
 		if !sleep(ctx, pause) {
 			return wechat.Session{}, deadlineError(ctx, e)
 		}

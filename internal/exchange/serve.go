@@ -11,6 +11,7 @@ import (
 
 	"github.com/wxlogin/wxlogin/internal/config"
 	"github.com/wxlogin/wxlogin/internal/httpserver"
+	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/version"
 	"github.com/wxlogin/wxlogin/internal/wechat"
 )
@@ -39,8 +40,12 @@ func ConfigFrom(cfg config.Worker, subjectPrefix string) Config {
 // Serve runs a worker on nc (which it owns and closes) against the
 // WeChat API at apiBase, with its probes on metricsAddr unless empty,
 // until ctx ends and every accepted request has been answered. cmd/worker
-// and the all-in-one binary both run the worker through here.
+// and the all-in-one binary both run the worker through here. The probes
+// serve /metrics from cfg.Registry (a new one when nil).
 func Serve(ctx context.Context, cfg Config, apiBase, metricsAddr string, nc *nats.Conn, logger *slog.Logger) error {
+	if cfg.Registry == nil && metricsAddr != "" {
+		cfg.Registry = metrics.NewRegistry()
+	}
 	client, err := wechat.New(apiBase)
 	if err != nil {
 		nc.Close()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/wxlogin/wxlogin/internal/dedup"
 	"github.com/wxlogin/wxlogin/internal/logging"
+	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 	"github.com/wxlogin/wxlogin/internal/ratelimit"
 )
@@ -92,6 +93,9 @@ func (w *Worker) Start(nc *nats.Conn, version string) error {
 		if err := nc.FlushTimeout(5 * time.Second); err != nil {
 			w.log.Warn("nats flush after subscribing failed", logging.Err(err))
 		}
+	}
+	if w.cfg.Registry != nil {
+		metrics.NATS(w.cfg.Registry, "worker", nc)
 	}
 	bindCtx, stopBind := context.WithCancel(context.Background())
 	w.mu.Lock()
@@ -347,9 +351,13 @@ func (w *Worker) Shutdown() error {
 }
 
 // HealthHandler serves the worker's probes: /healthz while the process
-// runs, /readyz while it takes requests.
+// runs, /readyz while it takes requests, and /metrics when the worker has
+// a registry.
 func (w *Worker) HealthHandler() http.Handler {
 	mux := http.NewServeMux()
+	if w.cfg.Registry != nil {
+		mux.Handle("GET /metrics", metrics.Handler(w.cfg.Registry))
+	}
 	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) {
 		rw.Write([]byte("ok\n"))
 	})

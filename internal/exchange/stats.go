@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/wxlogin/wxlogin/internal/dedup"
+	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 )
 
@@ -24,6 +25,7 @@ type stats struct {
 	latencyNanos  atomic.Int64
 	deduped       atomic.Int64
 	byKind        map[protocol.Kind]*atomic.Int64 // fixed keys: no lock
+	m             *metrics.Worker                 // nil without a registry; its methods allow that
 
 	mu        sync.Mutex
 	byErrcode map[int]int64
@@ -40,6 +42,11 @@ func newStats() *stats {
 }
 
 func (s *stats) record(o outcome) {
+	outcome := "ok"
+	if o.err != nil {
+		outcome = string(o.err.Kind)
+	}
+	s.m.Exchange(o.appid, outcome, o.latency.Seconds())
 	s.requests.Add(1)
 	s.latencyNanos.Add(int64(o.latency))
 	if o.lost {
@@ -60,6 +67,7 @@ func (s *stats) record(o outcome) {
 func (s *stats) dedupHit(src dedup.Source) {
 	if src != dedup.FromUpstream {
 		s.deduped.Add(1)
+		s.m.Deduplicated(src.String())
 	}
 }
 
