@@ -70,35 +70,37 @@ func closedLoop(ctx context.Context, clients int, warmup, dur time.Duration, do 
 	}
 	res := make([]clientResult, clients)
 	var wg sync.WaitGroup
-	for c := range clients {
-		wg.Go(func() {
-			r := &res[c]
-			r.lat = make([]time.Duration, 0, 256)
-			for seq := 0; ctx.Err() == nil; seq++ {
-				t0 := time.Now()
-				if !t0.Before(to) {
-					return
-				}
-				err := do(ctx, c, seq)
-				t1 := time.Now()
-				if t1.Before(from) || t1.After(to) {
-					continue
-				}
-				if err != nil {
-					r.errs++
-					if r.firstErr == nil {
-						r.firstErr = err
+	as("loadgen", func() {
+		for c := range clients {
+			wg.Go(func() {
+				r := &res[c]
+				r.lat = make([]time.Duration, 0, 256)
+				for seq := 0; ctx.Err() == nil; seq++ {
+					t0 := time.Now()
+					if !t0.Before(to) {
+						return
 					}
-					// A client that failed does not hammer at once; nor
-					// should a broken setup spin the CPU the others need.
-					time.Sleep(10 * time.Millisecond)
-					continue
+					err := do(ctx, c, seq)
+					t1 := time.Now()
+					if t1.Before(from) || t1.After(to) {
+						continue
+					}
+					if err != nil {
+						r.errs++
+						if r.firstErr == nil {
+							r.firstErr = err
+						}
+						// A client that failed does not hammer at once; nor
+						// should a broken setup spin the CPU the others need.
+						time.Sleep(10 * time.Millisecond)
+						continue
+					}
+					r.ok++
+					r.lat = append(r.lat, t1.Sub(t0))
 				}
-				r.ok++
-				r.lat = append(r.lat, t1.Sub(t0))
-			}
-		})
-	}
+			})
+		}
+	})
 	sleepUntil(ctx, from)
 	cpu0 := cpuTime()
 	sleepUntil(ctx, to)

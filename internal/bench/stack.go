@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -57,6 +58,15 @@ func workerConfig(concurrency int, dedup bool) exchange.Config {
 		// unless told not to.
 		NoDedup: !dedup,
 	}
+}
+
+// as runs f with the pprof label component=name, which every goroutine
+// that f starts inherits (connections, their read loops, exchanges). A CPU
+// profile then tells the load generator, NATS server, fake WeChat, edge,
+// workers and baseline apart though they share one process: go tool
+// pprof -tags, or -tagfocus component=edge.
+func as(name string, f func()) {
+	pprof.Do(context.Background(), pprof.Labels("component", name), func(context.Context) { f() })
 }
 
 // served is an http.Server on a loopback port of its own, run the way the
@@ -115,7 +125,9 @@ func startUpstream(latency time.Duration, logger *slog.Logger) (*upstream, error
 			u.conns.Add(1)
 		}
 	}
-	s, err := serveWith(srv, logger, "fakewx")
+	var s *served
+	var err error
+	as("fakewx", func() { s, err = serveWith(srv, logger, "fakewx") })
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +153,9 @@ func newStack(latency time.Duration, logger *slog.Logger) (*stack, error) {
 		return nil, fmt.Errorf("making a JetStream store dir: %w", err)
 	}
 	s := &stack{log: logger, storeDir: dir}
-	s.ns, err = embednats.Start(embednats.Options{Name: "wxbench", Port: -1, JetStream: true, StoreDir: dir}, logger)
+	as("nats-server", func() {
+		s.ns, err = embednats.Start(embednats.Options{Name: "wxbench", Port: -1, JetStream: true, StoreDir: dir}, logger)
+	})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -180,7 +194,12 @@ func (s *stack) connect(name string, extra ...nats.Option) (*nats.Conn, error) {
 
 // startWorker starts a worker on a connection of its own, as cmd/worker
 // does. Stop it with its Shutdown.
-func (s *stack) startWorker(cfg exchange.Config) (*exchange.Worker, error) {
+func (s *stack) startWorker(cfg exchange.Config) (w *exchange.Worker, err error) {
+	as("worker", func() { w, err = s.startWorkerHere(cfg) })
+	return w, err
+}
+
+func (s *stack) startWorkerHere(cfg exchange.Config) (*exchange.Worker, error) {
 	client, err := wechat.New(s.up.URL)
 	if err != nil {
 		return nil, err
@@ -221,7 +240,12 @@ func (s *stack) startWorkers(n int, cfg exchange.Config) (stop func(), err error
 }
 
 // startEdge serves the edge over real HTTP, as cmd/edge does.
-func (s *stack) startEdge() (string, error) {
+func (s *stack) startEdge() (url string, err error) {
+	as("edge", func() { url, err = s.startEdgeHere() })
+	return url, err
+}
+
+func (s *stack) startEdgeHere() (string, error) {
 	nc, err := s.connect("wxbench-edge", nats.ReconnectBufSize(-1))
 	if err != nil {
 		return "", err
@@ -236,7 +260,12 @@ func (s *stack) startEdge() (string, error) {
 }
 
 // startBaseline serves the direct handler over real HTTP.
-func (s *stack) startBaseline() (string, error) {
+func (s *stack) startBaseline() (url string, err error) {
+	as("baseline", func() { url, err = s.startBaselineHere() })
+	return url, err
+}
+
+func (s *stack) startBaselineHere() (string, error) {
 	client, err := wechat.New(s.up.URL)
 	if err != nil {
 		return "", err
