@@ -79,8 +79,11 @@ func handleOpenID(cfg Config, nc *nats.Conn, logger *slog.Logger) http.Handler {
 func ask(ctx context.Context, nc *nats.Conn, subject string, req protocol.Request) (protocol.Result, *protocol.Error) {
 	if !nc.IsConnected() {
 		// Publishing now would sit in a reconnect buffer until the
-		// deadline; the client is better served by a fast 503.
-		return protocol.Result{}, protocol.New(protocol.KindUnavailable, "the service is not connected to its workers; retry shortly")
+		// deadline; the client is better served by a fast 503, with the
+		// same Retry-After as the other 503s so that it backs off.
+		e := protocol.New(protocol.KindUnavailable, "the service is not connected to its workers; retry shortly")
+		e.RetryAfter = time.Second
+		return protocol.Result{}, e
 	}
 	data, err := json.Marshal(req)
 	if err != nil {
