@@ -51,6 +51,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.Hold, "hold", o.Hold, "scenario 3: upstream latency that holds them")
 	fs.IntVar(&o.PerWorker, "concurrency4", o.PerWorker, "scenario 4: WORKER_CONCURRENCY of each worker")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "scenario 1: also profile one extra run of each variant into `prefix`-<variant>.pprof")
+	fs.StringVar(&o.MemProfile, "memprofile", "", "scenario 3: the worker's heap profile and goroutines, exchanges held, into `prefix`-worker-*")
 	level := fs.String("log-level", "warn", "level of the components' logs (stderr): debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

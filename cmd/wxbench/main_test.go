@@ -33,7 +33,7 @@ func TestQuickRun(t *testing.T) {
 	var out, logs bytes.Buffer
 	// Small enough for the race detector on two cores: every window sees
 	// many completions, so no scenario fails for want of one.
-	err := run(ctx, []string{"-quick", "-duration", "1s", "-warmup", "300ms",
+	err := run(ctx, []string{"-quick", "-duration", "500ms", "-warmup", "200ms",
 		"-clients2", "50", "-inflight", "100", "-hold", "3s", "-concurrency4", "10"}, &out, &logs)
 	if err != nil {
 		t.Fatalf("run: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), logs.String())
@@ -44,7 +44,8 @@ func TestQuickRun(t *testing.T) {
 		`(?m)^1 +pipeline: .*dedup on .*× baseline`,
 		`(?m)^1 +pipeline: .*dedup off .*× baseline`,
 		`(?m)^2 +pipeline: 50 clients.*× ideal 500`,
-		`(?m)^3 +worker process, 100 exchanges in flight.*KiB per exchange`,
+		`(?m)^3 +worker process, 100 exchanges in flight, dedup on: Go heap.*KiB per exchange`,
+		`(?m)^3 +worker process, 100 exchanges in flight, dedup off: RSS.*KiB per exchange`,
 		`(?m)^4 +pipeline: 4 worker.*× concurrency 10, 80 clients.*× 1 worker`,
 		`(?m)^5 +NATS only: `,
 	} {

@@ -34,6 +34,10 @@ type Options struct {
 	// CPUProfile, when set, adds one unmeasured run per scenario 1 variant
 	// under the CPU profiler, written to CPUProfile-<variant>.pprof.
 	CPUProfile string
+	// MemProfile, when set, makes scenario 3's worker write its heap
+	// profile and goroutines, with the exchanges held, to
+	// MemProfile[-nodedup]-worker-heap.pprof and -worker-goroutines.txt.
+	MemProfile string
 	LogLevel   slog.Level
 	Command    string // how the run was invoked, for the report
 }
@@ -121,15 +125,15 @@ var scenarios = map[int]func(context.Context, *env) ([]row, error){
 
 func printTable(w io.Writer, rows []row) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "#\tsetup\treq/s\tp50\tp99\tCPU/req\terrors\tnotes")
+	fmt.Fprintln(tw, "#\tsetup\treq/s\tp50\tp99\tCPU/req\tallocs/req\terrors\tnotes")
 	for _, r := range rows {
 		if r.res == nil {
-			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t%s\n", r.scenario, r.what, r.note)
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t%s\n", r.scenario, r.what, r.note)
 			continue
 		}
 		res := r.res
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.scenario, r.what, thousands(res.rps()),
-			ms(res.pct(0.50)), ms(res.pct(0.99)), us(res.cpuPerReq()), res.errs, r.note)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%d\t%s\n", r.scenario, r.what, thousands(res.rps()),
+			ms(res.pct(0.50)), ms(res.pct(0.99)), us(res.cpuPerReq()), res.allocsPerReq(), res.errs, r.note)
 	}
 	tw.Flush()
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"sync"
@@ -24,6 +25,7 @@ type loadResult struct {
 	lat      []time.Duration // latencies of the successes, sorted
 	window   time.Duration
 	cpu      time.Duration // this process's user+system CPU during the window
+	allocs   uint64        // heap allocations in this process during the window
 }
 
 func (r loadResult) rps() float64 { return float64(r.ok) / r.window.Seconds() }
@@ -43,6 +45,15 @@ func (r loadResult) cpuPerReq() time.Duration {
 		return 0
 	}
 	return r.cpu / time.Duration(r.ok)
+}
+
+// allocsPerReq is the whole process's heap allocations per success. Unlike
+// CPU time it does not depend on what else the machine runs.
+func (r loadResult) allocsPerReq() float64 {
+	if r.ok == 0 {
+		return 0
+	}
+	return float64(r.allocs) / float64(r.ok)
 }
 
 // check turns a run that did not really run into an error: no success at
@@ -102,12 +113,12 @@ func closedLoop(ctx context.Context, clients int, warmup, dur time.Duration, do 
 		}
 	})
 	sleepUntil(ctx, from)
-	cpu0 := cpuTime()
+	cpu0, allocs0 := cpuTime(), heapAllocs()
 	sleepUntil(ctx, to)
-	cpu1 := cpuTime()
+	cpu1, allocs1 := cpuTime(), heapAllocs()
 	wg.Wait()
 
-	out := loadResult{window: dur, cpu: cpu1 - cpu0}
+	out := loadResult{window: dur, cpu: cpu1 - cpu0, allocs: allocs1 - allocs0}
 	n := 0
 	for i := range res {
 		n += len(res[i].lat)
@@ -143,6 +154,17 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// heapAllocs is how many heap objects this process has allocated so far;
+// runtime/metrics reads it without stopping the world.
+func heapAllocs() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:objects"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
 
 // newTransport is the load generator's shared transport: one keep-alive

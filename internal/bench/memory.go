@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,8 +51,22 @@ func (m memSnapshot) goMem() uint64 { return m.HeapAlloc + m.StackInuse }
 // scenario3 holds InFlight exchanges in one worker (upstream latency Hold)
 // and measures the worker process's memory before and after, with a GC
 // each time. Requests go straight over NATS: 10,000 HTTP connections to
-// the edge would measure the edge and this process, not the worker.
+// the edge would measure the edge and this process, not the worker. It
+// runs with de-duplication on, as in production, then off, to show its
+// share.
 func scenario3(ctx context.Context, e *env) ([]row, error) {
+	var rows []row
+	for _, dedup := range []bool{true, false} {
+		rs, err := holdInFlight(ctx, e, dedup)
+		rows = append(rows, rs...)
+		if err != nil {
+			return rows, err
+		}
+	}
+	return rows, nil
+}
+
+func holdInFlight(ctx context.Context, e *env, dedup bool) ([]row, error) {
 	n := e.opts.InFlight
 	st, err := newStack(0, e.log)
 	if err != nil {
@@ -68,7 +83,7 @@ func scenario3(ctx context.Context, e *env) ([]row, error) {
 	cmd := exec.CommandContext(cctx, exe, ChildCommand,
 		"-nats", st.ns.ClientURL(), "-upstream", st.up.URL,
 		"-concurrency", strconv.Itoa(n), "-http-timeout", (e.opts.Hold + 15*time.Second).String(),
-		"-log-level", e.opts.LogLevel.String())
+		"-log-level", e.opts.LogLevel.String(), "-dedup="+strconv.FormatBool(dedup))
 	cmd.Stdout, cmd.Stderr = e.stderr, e.stderr
 	// The child ends when this pipe closes, so it cannot outlive us even
 	// if we are killed.
@@ -101,7 +116,7 @@ func scenario3(ctx context.Context, e *env) ([]row, error) {
 			return nil, fmt.Errorf("warm-up exchange: %w", err)
 		}
 	}
-	before, err := snapshot(nc)
+	before, err := snapshot(nc, "")
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +139,11 @@ func scenario3(ctx context.Context, e *env) ([]row, error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	after, err := snapshot(nc)
+	profile := e.opts.MemProfile
+	if profile != "" && !dedup {
+		profile += "-nodedup"
+	}
+	after, err := snapshot(nc, profile)
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +152,7 @@ func scenario3(ctx context.Context, e *env) ([]row, error) {
 	}
 
 	per := func(a, b uint64) float64 { return (float64(b) - float64(a)) / float64(n) }
-	what := fmt.Sprintf("worker process, %s exchanges in flight (dedup on)", thousands(float64(n)))
+	what := fmt.Sprintf("worker process, %s exchanges in flight, dedup %s", thousands(float64(n)), onOff(dedup))
 	return []row{
 		{scenario: "3", what: what + ": Go heap+stacks",
 			note: fmt.Sprintf("%s per exchange (%s → %s; heap %s, stacks %s per exchange)",
@@ -144,6 +163,13 @@ func scenario3(ctx context.Context, e *env) ([]row, error) {
 				kib(per(before.RSS, after.RSS)), mib(float64(before.RSS)), mib(float64(after.RSS)),
 				float64(after.Goroutines-before.Goroutines)/float64(n))},
 	}, nil
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 func request(ctx context.Context, nc *nats.Conn, subject, code string, budget time.Duration) (protocol.Result, error) {
@@ -179,9 +205,11 @@ func waitForChild(ctx context.Context, nc *nats.Conn) error {
 	}
 }
 
-func snapshot(nc *nats.Conn) (memSnapshot, error) {
+// snapshot asks the child for its memory and, if profile is not empty,
+// to write its heap and goroutine profiles to profile-worker-*.
+func snapshot(nc *nats.Conn, profile string) (memSnapshot, error) {
 	var m memSnapshot
-	reply, err := nc.Request(memorySubject, nil, 30*time.Second)
+	reply, err := nc.Request(memorySubject, []byte(profile), 30*time.Second)
 	if err != nil {
 		return m, fmt.Errorf("asking the worker process for its memory: %w", err)
 	}
@@ -198,6 +226,7 @@ func RunChild(ctx context.Context, args []string, stdin io.Reader, stderr io.Wri
 	concurrency := fs.Int("concurrency", defaultConcurrency, "WORKER_CONCURRENCY")
 	httpTimeout := fs.Duration("http-timeout", 2*time.Second, "WX_HTTP_TIMEOUT")
 	level := fs.String("log-level", "WARN", "log level")
+	dedup := fs.Bool("dedup", true, "de-duplicate (off: exchange.Config.NoDedup)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -218,7 +247,7 @@ func RunChild(ctx context.Context, args []string, stdin io.Reader, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	cfg := workerConfig(*concurrency, true)
+	cfg := workerConfig(*concurrency, *dedup)
 	cfg.HTTPTimeout = *httpTimeout
 	w, err := exchange.New(cfg, client, logger)
 	if err != nil {
@@ -230,6 +259,11 @@ func RunChild(ctx context.Context, args []string, stdin io.Reader, stderr io.Wri
 	}
 	_, err = nc.Subscribe(memorySubject, func(m *nats.Msg) {
 		snap := measure()
+		if prefix := string(m.Data); prefix != "" {
+			if err := writeProfiles(prefix); err != nil {
+				logger.Error("writing profiles", "error", err)
+			}
+		}
 		snap.InFlight = w.Stats().InFlight
 		data, _ := json.Marshal(snap)
 		m.Respond(data)
@@ -241,6 +275,28 @@ func RunChild(ctx context.Context, args []string, stdin io.Reader, stderr io.Wri
 	// Killed by the benchmark once measured: a graceful shutdown would
 	// wait for the held exchanges.
 	return w.Run(ctx, nc, version.Version())
+}
+
+// writeProfiles writes the heap profile (what the held exchanges keep)
+// and the goroutines (who keeps the stacks) of this process.
+func writeProfiles(prefix string) error {
+	for _, p := range []struct {
+		name, file string
+		debug      int
+	}{{"heap", "-worker-heap.pprof", 0}, {"goroutine", "-worker-goroutines.txt", 1}} {
+		f, err := os.Create(prefix + p.file)
+		if err != nil {
+			return err
+		}
+		err = pprof.Lookup(p.name).WriteTo(f, p.debug)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // measure collects garbage until the figures settle, then reads them.

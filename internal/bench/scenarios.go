@@ -36,6 +36,7 @@ func merge(runs []loadResult) loadResult {
 		out.errs += r.errs
 		out.window += r.window
 		out.cpu += r.cpu
+		out.allocs += r.allocs
 		out.lat = append(out.lat, r.lat...)
 		if out.firstErr == nil {
 			out.firstErr = r.firstErr
@@ -110,6 +111,12 @@ func scenario1(ctx context.Context, e *env) ([]row, error) {
 				return loadResult{}, fmt.Errorf("cpu profile: %w", err)
 			}
 			defer pprof.StopCPUProfile()
+			// Allocations are cumulative: the run's own are the
+			// difference, go tool pprof -base <before> <after>.
+			if err := writeAllocs(strings.TrimSuffix(profile, ".pprof") + "-allocs-before.pprof"); err != nil {
+				return loadResult{}, err
+			}
+			defer writeAllocs(strings.TrimSuffix(profile, ".pprof") + "-allocs-after.pprof")
 		}
 		res := closedLoop(ctx, clients, e.opts.Warmup, e.opts.Duration, httpDoer(target, codePrefix(), tr))
 		return res, res.check(v.name)
@@ -157,6 +164,16 @@ func scenario1(ctx context.Context, e *env) ([]row, error) {
 		}
 	}
 	return rows, nil
+}
+
+// writeAllocs writes the allocation profile so far to path.
+func writeAllocs(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("allocation profile: %w", err)
+	}
+	defer f.Close()
+	return pprof.Lookup("allocs").WriteTo(f, 0)
 }
 
 // scenario2 shows whether one worker is bound by WeChat's latency: 2,000
