@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -88,7 +89,7 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer, logger *slog.
 	}
 	e := &env{opts: o, log: logger, stderr: stderr}
 	fmt.Fprintf(stdout, "wxbench: %s\n", machine())
-	fmt.Fprintf(stdout, "command: %s\n", o.Command)
+	fmt.Fprintf(stdout, "command: %s (build %s)\n", o.Command, build())
 	fmt.Fprintf(stdout, "components log at %s; load generator, NATS server, fake WeChat, edge, workers and baseline share one process", strings.ToLower(o.LogLevel.String()))
 	fmt.Fprintf(stdout, " (scenario 3's worker runs in a child process)\n")
 	fmt.Fprintf(stdout, "load average before: %s\n\n", loadAverage())
@@ -185,6 +186,31 @@ func machine() string {
 	}
 	return fmt.Sprintf("%s, %d cores, GOMAXPROCS=%d, %s %s/%s%s", model, runtime.NumCPU(),
 		runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH, kernel)
+}
+
+// build names the commit the benchmark was built from, when the go
+// command recorded it.
+func build() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	rev, dirty := "", false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "unknown"
+	}
+	if dirty {
+		return rev[:min(12, len(rev))] + " with uncommitted changes"
+	}
+	return rev[:min(12, len(rev))]
 }
 
 // loadAverage is the machine's 1, 5 and 15 minute load: on a shared
