@@ -2,6 +2,7 @@ package embednats
 
 import (
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -28,25 +29,27 @@ func ForTest(t testing.TB, noJS bool) *server.Server {
 // waits until every node sees all its routes and JetStream has a leader.
 func ClusterForTest(t testing.TB, n int) []*server.Server {
 	t.Helper()
+	// A JetStream cluster refuses to start on a node with no configured
+	// routes, the first one included; so every node is told every other
+	// node's cluster port up front, and the ports are picked beforehand.
+	ports := freePorts(t, n)
 	var nodes []*server.Server
-	var seed string
 	for i := range n {
 		o := Options{
 			Name: fmt.Sprintf("n%d", i+1), Port: -1,
 			JetStream: true, StoreDir: t.TempDir(),
-			ClusterName: "wxtest", ClusterPort: -1,
+			ClusterName: "wxtest", ClusterPort: ports[i],
 		}
-		if seed != "" {
-			o.Routes = []string{seed}
+		for j, p := range ports {
+			if j != i {
+				o.Routes = append(o.Routes, fmt.Sprintf("nats-route://127.0.0.1:%d", p))
+			}
 		}
 		s, err := Start(o, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-		if seed == "" {
-			seed = ClusterURL(s)
-		}
 		nodes = append(nodes, s)
 	}
 	deadline := time.Now().Add(20 * time.Second)
@@ -61,8 +64,27 @@ func ClusterForTest(t testing.TB, n int) []*server.Server {
 			return nodes
 		}
 		if time.Now().After(deadline) {
+			for _, s := range nodes {
+				t.Logf("%s routes=%d js=%v current=%v leader=%v", s.Name(), s.NumRoutes(), s.JetStreamEnabled(), s.JetStreamIsCurrent(), s.JetStreamIsLeader())
+			}
 			t.Fatalf("cluster of %d did not form within 20s", n)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// freePorts returns n loopback ports that were free a moment ago. They are
+// held open together, so they differ from each other.
+func freePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var ports []int
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
 }
