@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -20,7 +22,11 @@ import (
 // Options returns the connection options for cfg, logging connection
 // events to logger under name.
 func Options(cfg config.NATS, name string, logger *slog.Logger) ([]nats.Option, error) {
-	opts := append(Resilient(name, logger), auth(cfg)...)
+	authOpts, err := auth(cfg, logger.With("nats", name))
+	if err != nil {
+		return nil, err
+	}
+	opts := append(Resilient(name, logger), authOpts...)
 	if cfg.NKey != "" {
 		o, err := nats.NkeyOptionFromSeed(cfg.NKey)
 		if err != nil {
@@ -67,15 +73,29 @@ func Resilient(name string, logger *slog.Logger) []nats.Option {
 	}
 }
 
-func auth(cfg config.NATS) []nats.Option {
+func auth(cfg config.NATS, logger *slog.Logger) ([]nats.Option, error) {
 	var opts []nats.Option
 	if cfg.Creds != "" {
 		opts = append(opts, nats.UserCredentials(cfg.Creds))
 	}
-	if cfg.User != "" {
+	switch {
+	case cfg.PasswordFile != "":
+		pw, err := newSecretFile("NATS_PASSWORD_FILE", cfg.PasswordFile, logger)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.UserInfoHandler(func() (string, string) { return cfg.User, pw.read() }))
+	case cfg.User != "":
 		opts = append(opts, nats.UserInfo(cfg.User, string(cfg.Password)))
 	}
-	if cfg.Token != "" {
+	switch {
+	case cfg.TokenFile != "":
+		tok, err := newSecretFile("NATS_TOKEN_FILE", cfg.TokenFile, logger)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.TokenHandler(tok.read))
+	case cfg.Token != "":
 		opts = append(opts, nats.Token(string(cfg.Token)))
 	}
 	if cfg.TLSCA != "" {
@@ -84,7 +104,58 @@ func auth(cfg config.NATS) []nats.Option {
 	if cfg.TLSCert != "" {
 		opts = append(opts, nats.ClientCert(cfg.TLSCert, cfg.TLSKey))
 	}
-	return opts
+	return opts, nil
+}
+
+// secretFile is a password or token kept in a file, such as a mounted
+// Kubernetes secret. It is read at every connect, like the credentials
+// and certificate files, so that a rotated secret is used at the next
+// reconnect without a restart.
+type secretFile struct {
+	name, path string
+	logger     *slog.Logger
+
+	mu   sync.Mutex
+	last string // the last value read, used when a later read fails
+}
+
+// newSecretFile reads the file once, so that a missing or empty file
+// fails at start rather than at the first reconnect.
+func newSecretFile(name, path string, logger *slog.Logger) (*secretFile, error) {
+	v, err := readSecret(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &secretFile{name: name, path: path, logger: logger, last: v}, nil
+}
+
+func (f *secretFile) read() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, err := readSecret(f.path)
+	if err != nil {
+		// A secret mount is replaced atomically, so a failed read is
+		// rare and brief; the last good value is the best guess.
+		f.logger.Warn("reading a secret file failed; using its last value", "var", f.name, logging.Err(err))
+		return f.last
+	}
+	f.last = v
+	return v
+}
+
+// readSecret returns the file's content without surrounding white space:
+// secrets written with echo or an editor end in a newline that is not
+// part of the secret.
+func readSecret(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return v, nil
 }
 
 // Connect connects to cfg.URL. It fails only for settings that can never
