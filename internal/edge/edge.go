@@ -32,9 +32,13 @@ type Config struct {
 const replySlack = 50 * time.Millisecond
 
 // NewServer returns the edge's HTTP handler, asking workers through nc.
-func NewServer(cfg Config, nc *nats.Conn, logger *slog.Logger) http.Handler {
+func NewServer(cfg Config, nc *nats.Conn, logger *slog.Logger, opts ...Option) http.Handler {
 	if cfg.SubjectPrefix == "" {
 		cfg.SubjectPrefix = protocol.DefaultSubjectPrefix
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
 	}
 	mux := http.NewServeMux()
 	// Only /v1/openid is limited: probes come from the orchestrator's
@@ -43,13 +47,7 @@ func NewServer(cfg Config, nc *nats.Conn, logger *slog.Logger) http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !nc.IsConnected() {
-			http.Error(w, "nats not connected", http.StatusServiceUnavailable)
-			return
-		}
-		w.Write([]byte("ready\n"))
-	})
+	mux.Handle("GET /readyz", handleReady(nc, o.workers))
 	return mux
 }
 

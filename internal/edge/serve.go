@@ -16,7 +16,14 @@ import (
 // cmd/edge and the all-in-one binary both run the edge through here.
 func Serve(ctx context.Context, cfg Config, addr string, nc *nats.Conn, logger *slog.Logger) error {
 	defer nc.Close()
-	srv := httpserver.New(NewServer(cfg, nc, logger), cfg.Timeout+5*time.Second, logger)
+	// /readyz follows the workers: the prober runs as long as the server,
+	// and stops before nc closes.
+	workers := NewWorkers(nc, cfg.SubjectPrefix, ProbeOptions{}, logger)
+	pctx, stopProbing := context.WithCancel(ctx)
+	probing := make(chan struct{})
+	go func() { defer close(probing); workers.Run(pctx) }()
+	defer func() { stopProbing(); <-probing }()
+	srv := httpserver.New(NewServer(cfg, nc, logger, WithWorkers(workers)), cfg.Timeout+5*time.Second, logger)
 	return httpserver.Run(ctx, srv, addr, cfg.Timeout+time.Second, logger.With("server", "edge"))
 }
 
