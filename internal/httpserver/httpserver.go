@@ -13,16 +13,32 @@ import (
 	"time"
 )
 
+// The limits New sets, exported so that tests can check them and size
+// their attacks (a slowloris test must outlast ReadHeaderTimeout).
+const (
+	// ReadHeaderTimeout cuts off a client that dribbles its headers
+	// (slowloris); it also bounds how long a new connection may stay
+	// silent.
+	ReadHeaderTimeout = 5 * time.Second
+	// ReadTimeout bounds reading a whole request, body included.
+	ReadTimeout = 10 * time.Second
+	// IdleTimeout closes keep-alive connections left unused.
+	IdleTimeout = 90 * time.Second
+	// MaxHeaderBytes caps request headers; net/http answers 431 past it
+	// (it allows 4 KiB of slack on top).
+	MaxHeaderBytes = 16 << 10
+)
+
 // New returns a server for h with every timeout set: a server without
 // them is an easy target for slow clients.
 func New(h http.Handler, writeTimeout time.Duration, logger *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		ReadTimeout:       ReadTimeout,
 		WriteTimeout:      writeTimeout,
-		IdleTimeout:       90 * time.Second,
-		MaxHeaderBytes:    16 << 10,
+		IdleTimeout:       IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
 }
