@@ -1,0 +1,96 @@
+package testbed
+
+import (
+	"context"
+	"log/slog"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/wxlogin/wxlogin/internal/edge"
+	"github.com/wxlogin/wxlogin/internal/embednats"
+	"github.com/wxlogin/wxlogin/internal/exchange"
+	"github.com/wxlogin/wxlogin/internal/fakewx"
+	"github.com/wxlogin/wxlogin/internal/natsconn"
+	"github.com/wxlogin/wxlogin/internal/wechat"
+)
+
+// Cluster is a bed whose NATS is a cluster of embedded servers routed on
+// loopback, so that edge and workers can sit on different nodes as they
+// do in production. Bed.NATS is the first node.
+type Cluster struct {
+	*Bed
+	Nodes []*server.Server
+}
+
+// NewCluster starts an n-node NATS cluster with JetStream and the fake
+// upstream. Options.NoJS is ignored: a cluster always has JetStream.
+func NewCluster(t testing.TB, n int, o Options) *Cluster {
+	t.Helper()
+	if len(o.Apps) == 0 {
+		o.Apps = []fakewx.App{App}
+	}
+	b := &Bed{T: t, Logs: &Buffer{}}
+	b.Logger = slog.New(slog.NewJSONHandler(b.Logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	nodes := embednats.ClusterForTest(t, n)
+	b.NATS = nodes[0]
+	b.Fake = fakewx.New(fakewx.Config{Apps: o.Apps})
+	b.Upstream = o.Upstream
+	if b.Upstream == nil {
+		b.Upstream = httptest.NewServer(b.Fake)
+		t.Cleanup(b.Upstream.Close)
+	}
+	return &Cluster{Bed: b, Nodes: nodes}
+}
+
+// ConnectTo opens a connection to node i only (no other node's URL, so
+// it cannot drift to another), closed when the test ends.
+func (c *Cluster) ConnectTo(i int, name string, extra ...nats.Option) *nats.Conn {
+	c.T.Helper()
+	opts := append(natsconn.Resilient(name, c.Logger), extra...)
+	opts = append(opts, nats.DontRandomize(), nats.IgnoreDiscoveredServers())
+	nc, err := nats.Connect(c.Nodes[i].ClientURL(), opts...)
+	if err != nil {
+		c.T.Fatal(err)
+	}
+	c.T.Cleanup(nc.Close)
+	return nc
+}
+
+// StartWorkerOn runs a worker with cfg on its own connection to node i.
+func (c *Cluster) StartWorkerOn(i int, cfg exchange.Config) *Worker {
+	c.T.Helper()
+	client, err := wechat.New(c.Upstream.URL)
+	if err != nil {
+		c.T.Fatal(err)
+	}
+	ew, err := exchange.New(cfg, client, c.Logger)
+	if err != nil {
+		c.T.Fatal(err)
+	}
+	nc := c.ConnectTo(i, "worker")
+	if err := ew.Start(nc, "0.0.0-test"); err != nil {
+		c.T.Fatal(err)
+	}
+	w := &Worker{Worker: ew, NC: nc}
+	c.T.Cleanup(func() { w.Stop() })
+	return w
+}
+
+// StartEdgeOn serves an edge connected to node i over real HTTP on
+// 127.0.0.1, with /readyz following the workers as probe says, and
+// returns its URL.
+func (c *Cluster) StartEdgeOn(i int, timeout time.Duration, probe edge.ProbeOptions) string {
+	c.T.Helper()
+	nc := c.ConnectTo(i, "edge", nats.ReconnectBufSize(-1))
+	workers := edge.NewWorkers(nc, "", probe, c.Logger)
+	ctx, cancel := context.WithCancel(context.Background())
+	probing := make(chan struct{})
+	go func() { defer close(probing); workers.Run(ctx) }()
+	srv := httptest.NewServer(edge.NewServer(edge.Config{Timeout: timeout, MaxBody: 4096}, nc, c.Logger, edge.WithWorkers(workers)))
+	c.T.Cleanup(func() { srv.Close(); cancel(); <-probing })
+	return srv.URL
+}
