@@ -88,7 +88,13 @@ func TestClusterScaleOut(t *testing.T) {
 	load.await(t, "c", 20)
 	load.stop()
 
-	for phase, want := range map[string]int{"a": 200, "a+b": 200, "a leaving": 200, "b": 200, "none": 503, "c": 200} {
+	want := map[string]int{"a": 200, "a+b": 200, "a leaving": 200, "b": 200, "none": 503, "c": 200}
+	// While a worker serves throughout, even a request in flight across a
+	// join or a graceful leave must succeed.
+	for _, span := range []string{"a→a+b", "a+b→a leaving", "a leaving→b"} {
+		want[span] = 200
+	}
+	for phase, want := range want {
 		for status, n := range load.results(phase) {
 			if status != want {
 				t.Errorf("phase %q: %d requests got %d, want every one %d", phase, n, status, want)
@@ -105,8 +111,8 @@ func TestClusterScaleOut(t *testing.T) {
 }
 
 // load sends requests one after another, each with a new code, and files
-// every answer under the phase that was current for its whole flight; an
-// answer whose request spanned a phase change is filed under neither.
+// every answer under the phase that was current for its whole flight, or
+// under "before→after" when its flight spanned a phase change.
 type load struct {
 	base string
 	cur  atomic.Pointer[string]
@@ -142,9 +148,11 @@ func startLoad(t *testing.T, base string) *load {
 				status = resp.StatusCode
 			}
 			took := time.Since(start)
-			if after := l.cur.Load(); after == before {
-				l.record(*before, status, took)
+			phase := *before
+			if after := l.cur.Load(); after != before {
+				phase += "→" + *after
 			}
+			l.record(phase, status, took)
 		}
 	}()
 	return l
