@@ -1,0 +1,360 @@
+package deploy
+
+// A real nats-server runs deploy/nats/nats.conf (cluster settings aside, on
+// a random loopback port) and each user of deploy/nats/accounts.conf
+// connects the way the binaries do: each can do its job, and the server
+// refuses what the user has no business doing.
+//
+// These tests set the environment (the passwords the config refers to),
+// so none is parallel.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxlogin/wxlogin/internal/config"
+	"github.com/wxlogin/wxlogin/internal/edge"
+	"github.com/wxlogin/wxlogin/internal/exchange"
+	"github.com/wxlogin/wxlogin/internal/fakewx"
+	"github.com/wxlogin/wxlogin/internal/natsconn"
+	"github.com/wxlogin/wxlogin/internal/protocol"
+	"github.com/wxlogin/wxlogin/internal/testbed"
+	"github.com/wxlogin/wxlogin/internal/wechat"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// passwords are what the test puts in nats-server's environment for the
+// $VARIABLES of accounts.conf.
+var passwords = map[string]string{
+	"edge":    "edge-pw-for-tests",
+	"worker":  "worker-pw-for-tests",
+	"service": "service-pw-for-tests",
+}
+
+// startDeployNATS runs the shipped configuration. Only what cannot work
+// on a test machine changes: the listen address, the monitoring port,
+// the cluster routes (hostnames of the Compose network) and the store.
+func startDeployNATS(t *testing.T) *server.Server {
+	t.Helper()
+	t.Setenv("NATS_SERVER_NAME", "deploy-test")
+	for user, pw := range passwords {
+		t.Setenv(strings.ToUpper(user)+"_PASSWORD", pw)
+	}
+	opts, err := server.ProcessConfigFile(filepath.Join("nats", "nats.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Host, opts.Port, opts.HTTPPort = "127.0.0.1", -1, 0
+	opts.Cluster, opts.Routes, opts.RoutesStr = server.ClusterOpts{}, nil, ""
+	opts.StoreDir = t.TempDir()
+	opts.NoSigs, opts.NoLog = true, true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server with deploy/nats/nats.conf is not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
+}
+
+// conn is a connection as one of the accounts' users, with the server's
+// permission errors collected.
+type conn struct {
+	*nats.Conn
+	mu     sync.Mutex
+	denied []string
+}
+
+// login connects as user with its password read from a file, as the
+// Kubernetes manifests do (NATS_PASSWORD_FILE).
+func login(t *testing.T, s *server.Server, user string) *conn {
+	t.Helper()
+	pwFile := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(pwFile, []byte(passwords[user]+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := &conn{}
+	cfg := config.NATS{URL: s.ClientURL(), User: user, PasswordFile: pwFile, SubjectPrefix: protocol.DefaultSubjectPrefix}
+	nc, err := natsconn.Connect(cfg, "deploy-test-"+user, quiet, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		if errors.Is(err, nats.ErrPermissionViolation) {
+			c.mu.Lock()
+			c.denied = append(c.denied, err.Error())
+			c.mu.Unlock()
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	testbed.Eventually(t, 5*time.Second, user+" connected", nc.IsConnected)
+	c.Conn = nc
+	return c
+}
+
+// violations returns the permission errors so far.
+func (c *conn) violations() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.denied...)
+}
+
+// mustBeDenied runs do and waits for the server to report a permission
+// violation that names subject.
+func (c *conn) mustBeDenied(t *testing.T, what, subject string, do func() error) {
+	t.Helper()
+	n := len(c.violations())
+	if err := do(); err != nil && !errors.Is(err, nats.ErrPermissionViolation) {
+		t.Fatalf("%s: %v", what, err)
+	}
+	c.Flush()
+	testbed.Eventually(t, 5*time.Second, what+" refused", func() bool {
+		for _, v := range c.violations()[n:] {
+			if strings.Contains(v, `"`+subject+`"`) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// startWorker runs a real exchange worker as the worker user against a
+// fake WeChat, with the pool-wide rate limit on so that its bucket and
+// its discovery pings are exercised too.
+func startWorker(t *testing.T, s *server.Server) (*exchange.Worker, *conn) {
+	t.Helper()
+	fake := fakewx.New(fakewx.Config{Apps: []fakewx.App{testbed.App}})
+	upstream := httptest.NewServer(fake)
+	t.Cleanup(upstream.Close)
+	client, err := wechat.New(upstream.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := exchange.New(exchange.Config{
+		Apps: map[string]string{testbed.App.AppID: testbed.App.Secret}, HTTPTimeout: 2 * time.Second,
+		MaxAttempts: 1, Concurrency: 16, RequestTimeout: 5 * time.Second, Rate: 1000,
+	}, client, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := login(t, s, "worker")
+	if err := w.Start(c.Conn, "0.0.0-test"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Shutdown() })
+	return w, c
+}
+
+// ask requests an openid as a requester would, and returns the error the
+// reply carries, if any.
+func ask(t *testing.T, nc *nats.Conn, code string) (protocol.Result, error) {
+	t.Helper()
+	data, _ := json.Marshal(protocol.Request{AppID: testbed.App.AppID, Code: code})
+	msg := nats.NewMsg(protocol.Subject(protocol.DefaultSubjectPrefix))
+	msg.Data = data
+	msg.Header.Set(protocol.HeaderTimeout, "3000")
+	reply, err := nc.RequestMsg(msg, 5*time.Second)
+	if err != nil {
+		return protocol.Result{}, err
+	}
+	res, e := protocol.DecodeReply(reply)
+	if e != nil {
+		return res, e
+	}
+	return res, nil
+}
+
+// TestEdgeUser: the edge asks for openids and probes discovery, and may
+// do nothing else: not subscribe to the workers' subject (it would see
+// every login code), not publish anywhere else.
+func TestEdgeUser(t *testing.T) {
+	s := startDeployNATS(t)
+	ec := login(t, s, "edge")
+
+	// Without a worker, a request fails at once: the import keeps the
+	// contract's fast "no responders".
+	start := time.Now()
+	if _, err := ask(t, ec.Conn, "deploy-before"); !errors.Is(err, nats.ErrNoResponders) {
+		t.Errorf("no worker: got %v, want no responders", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("no responders took %v", took)
+	}
+
+	_, wc := startWorker(t, s)
+	res, err := ask(t, ec.Conn, "deploy-edge-1")
+	if err != nil || res.OpenID != fakewx.OpenID(testbed.App.AppID, "deploy-edge-1") {
+		t.Fatalf("edge request: %v %+v", err, res)
+	}
+	// The contract's error replies, headers and all, cross the account
+	// boundary too.
+	if _, err := ask(t, ec.Conn, "fx-invalid-deploy"); !strings.Contains(errString(err), string(protocol.KindInvalidCode)) {
+		t.Errorf("an invalid code: got %v, want %s", err, protocol.KindInvalidCode)
+	}
+
+	// Readiness: the edge's discovery probe sees the worker through the
+	// import, with the edge's own permissions.
+	workers := edge.NewWorkers(ec.Conn, "", edge.ProbeOptions{Interval: 50 * time.Millisecond, Window: 100 * time.Millisecond}, quiet)
+	ctx, cancel := context.WithCancel(context.Background())
+	probing := make(chan struct{})
+	go func() { defer close(probing); workers.Run(ctx) }()
+	defer func() { cancel(); <-probing }()
+	testbed.Eventually(t, 5*time.Second, "edge sees the worker", func() bool { ok, _ := workers.Ready(); return ok })
+
+	ec.mustBeDenied(t, "edge subscribing to the exchange", "wxlogin.code2session", func() error {
+		_, err := ec.Subscribe("wxlogin.code2session", func(*nats.Msg) {})
+		return err
+	})
+	ec.mustBeDenied(t, "edge joining the workers' queue", "wxlogin.code2session", func() error {
+		_, err := ec.QueueSubscribe("wxlogin.code2session", protocol.QueueGroup, func(*nats.Msg) {})
+		return err
+	})
+	for _, subject := range []string{"wxlogin.other", "$KV.wxlogin_results.x", "$JS.API.INFO", "$SRV.PING.wxlogin"} {
+		ec.mustBeDenied(t, "edge publishing to "+subject, subject, func() error { return ec.Publish(subject, nil) })
+	}
+	if v := wc.violations(); len(v) > 0 {
+		t.Errorf("the worker was refused something it needs: %v", v)
+	}
+}
+
+// TestWorkerUser: the worker serves in the queue group, replies, answers
+// discovery and uses its key-value buckets, with no permission error;
+// it cannot listen outside the queue group, ask for openids itself, or
+// touch other streams.
+func TestWorkerUser(t *testing.T) {
+	s := startDeployNATS(t)
+	w, wc := startWorker(t, s)
+	sc := login(t, s, "service")
+	if _, err := ask(t, sc.Conn, "deploy-worker-1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The worker made its buckets itself, with its own permissions.
+	js, err := jetstream.New(wc.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, bucket := range []string{"wxlogin_results", "wxlogin_ratelimit"} {
+		testbed.Eventually(t, 10*time.Second, "bucket "+bucket, func() bool {
+			_, err := js.KeyValue(ctx, bucket)
+			return err == nil
+		})
+	}
+	if st := w.Stats(); st.Requests != 1 || st.OK != 1 {
+		t.Errorf("worker stats %+v, want one successful request", st)
+	}
+
+	// Every key-value operation the worker makes, by hand: create with a
+	// per-key TTL, read, put (synchronous and asynchronous), delete.
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: "wxlogin_results", History: 1, TTL: 5 * time.Minute,
+		Storage: jetstream.MemoryStorage, LimitMarkerTTL: time.Second,
+	})
+	if err != nil {
+		t.Fatalf("opening the results bucket as the worker: %v", err)
+	}
+	rev, err := kv.Create(ctx, "k1", []byte(`{"claim":true}`), jetstream.KeyTTL(2*time.Second))
+	if err != nil {
+		t.Fatalf("create with TTL: %v", err)
+	}
+	if _, err := kv.Get(ctx, "k1"); err != nil {
+		t.Fatalf("get: %v", err)
+	}
+	if _, err := kv.Put(ctx, "k2", []byte(`{"openid":"o"}`)); err != nil {
+		t.Fatalf("put: %v", err)
+	}
+	ack, err := js.PublishMsgAsync(&nats.Msg{Subject: "$KV.wxlogin_results.k3", Data: []byte(`{}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ack.Ok():
+	case err := <-ack.Err():
+		t.Fatalf("asynchronous put: %v", err)
+	case <-ctx.Done():
+		t.Fatal("asynchronous put: no ack")
+	}
+	if err := kv.Delete(ctx, "k1", jetstream.LastRevision(rev)); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if v := wc.violations(); len(v) > 0 {
+		t.Fatalf("the worker was refused something it needs: %v", v)
+	}
+
+	// Other streams are out of reach.
+	wc.mustBeDenied(t, "worker creating another bucket", "$JS.API.STREAM.CREATE.KV_someone_else", func() error {
+		short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		if _, err := js.CreateKeyValue(short, jetstream.KeyValueConfig{Bucket: "someone_else"}); err == nil {
+			t.Error("the worker created a bucket that is not its own")
+		}
+		return nil
+	})
+	wc.mustBeDenied(t, "worker listening outside the queue group", "wxlogin.code2session", func() error {
+		_, err := wc.Subscribe("wxlogin.code2session", func(*nats.Msg) {})
+		return err
+	})
+	wc.mustBeDenied(t, "worker joining another queue", "wxlogin.code2session", func() error {
+		_, err := wc.QueueSubscribe("wxlogin.code2session", "other", func(*nats.Msg) {})
+		return err
+	})
+	wc.mustBeDenied(t, "worker asking for openids", "wxlogin.code2session", func() error {
+		return wc.PublishRequest("wxlogin.code2session", wc.NewInbox(), []byte(`{"code":"x"}`))
+	})
+}
+
+// TestServiceUser: another service asks for openids from its own account
+// and can do nothing else.
+func TestServiceUser(t *testing.T) {
+	s := startDeployNATS(t)
+	startWorker(t, s)
+	sc := login(t, s, "service")
+	res, err := ask(t, sc.Conn, "deploy-service-1")
+	if err != nil || res.OpenID != fakewx.OpenID(testbed.App.AppID, "deploy-service-1") {
+		t.Fatalf("service request: %v %+v", err, res)
+	}
+	sc.mustBeDenied(t, "service subscribing to the exchange", "wxlogin.code2session", func() error {
+		_, err := sc.Subscribe("wxlogin.code2session", func(*nats.Msg) {})
+		return err
+	})
+	sc.mustBeDenied(t, "service probing discovery", "$SRV.INFO.wxlogin", func() error { return sc.Publish("$SRV.INFO.wxlogin", nil) })
+}
+
+// TestUnknownUserRefused: no user, a wrong password, or one user's
+// password for another, gets nothing.
+func TestUnknownUserRefused(t *testing.T) {
+	s := startDeployNATS(t)
+	for _, c := range []struct{ user, pw string }{{"edge", "wrong"}, {"worker", passwords["edge"]}, {"nobody", "x"}, {"", ""}} {
+		nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(c.user, c.pw), nats.MaxReconnects(0))
+		if err == nil {
+			nc.Close()
+			t.Errorf("user %q with password %q connected", c.user, c.pw)
+		}
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
