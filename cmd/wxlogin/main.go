@@ -28,6 +28,7 @@ import (
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/httpserver"
 	"github.com/wxlogin/wxlogin/internal/logging"
+	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
 )
 
@@ -58,7 +59,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer cleanup()
 
+	// One registry: the edge's /metrics shows the worker's figures too.
+	reg := metrics.NewRegistry()
 	wcfg := exchange.ConfigFrom(cfg.Worker, cfg.SubjectPrefix)
+	wcfg.Registry = reg
+	ecfg := edge.ConfigFrom(cfg.Edge, cfg.SubjectPrefix)
+	ecfg.Registry = reg
 	apiBase := cfg.APIBase
 	var demo *demoUpstream
 	if len(cfg.Apps) == 0 {
@@ -90,7 +96,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	demoCtx, stopDemo := context.WithCancel(context.WithoutCancel(ctx))
 	g.Go(func() error {
 		defer stopWorker()
-		return edge.Serve(gctx, edge.ConfigFrom(cfg.Edge, cfg.SubjectPrefix), cfg.Edge.Addr, edgeNC, logger)
+		return edge.Serve(gctx, ecfg, cfg.Edge.Addr, edgeNC, logger)
 	})
 	g.Go(func() error {
 		defer stopDemo()

@@ -49,6 +49,19 @@ func TestFirstRun(t *testing.T) {
 		t.Fatalf("got %d %s", resp.StatusCode, body)
 	}
 
+	// One /metrics on the edge shows edge and worker.
+	mresp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mbody, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for _, want := range []string{`wxlogin_edge_requests_total{outcome="ok"} 1`, `wxlogin_worker_requests_total{appid="` + fakewx.DemoAppID + `",outcome="ok"} 1`} {
+		if !strings.Contains(string(mbody), want) {
+			t.Errorf("all-in-one /metrics lacks %s", want)
+		}
+	}
+
 	// Another service, over the embedded server's TCP listener.
 	nc, err := nats.Connect("nats://" + natsAddr)
 	if err != nil {

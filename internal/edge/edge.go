@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxlogin/wxlogin/internal/logging"
+	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 )
 
@@ -25,6 +27,9 @@ type Config struct {
 	MaxBody       int64
 	SubjectPrefix string
 	ClientLimit   ClientLimit // per-client limit on /v1/openid; off when zero
+	// Registry, when set, receives the edge's Prometheus metrics and is
+	// served on /metrics.
+	Registry *prometheus.Registry
 }
 
 // replySlack is kept back from the budget the worker is told, so its
@@ -41,9 +46,15 @@ func NewServer(cfg Config, nc *nats.Conn, logger *slog.Logger, opts ...Option) h
 		opt(&o)
 	}
 	mux := http.NewServeMux()
+	var m *metrics.Edge
+	if cfg.Registry != nil {
+		m = metrics.NewEdge(cfg.Registry)
+		metrics.NATS(cfg.Registry, "edge", nc)
+		mux.Handle("GET /metrics", metrics.Handler(cfg.Registry))
+	}
 	// Only /v1/openid is limited: probes come from the orchestrator's
 	// address and must never be refused.
-	mux.Handle("/v1/openid", limitClients(cfg.ClientLimit, logger)(handleOpenID(cfg, nc, logger)))
+	mux.Handle("/v1/openid", limitClients(cfg.ClientLimit, logger)(handleOpenID(cfg, nc, logger, m)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
@@ -51,7 +62,7 @@ func NewServer(cfg Config, nc *nats.Conn, logger *slog.Logger, opts ...Option) h
 	return mux
 }
 
-func handleOpenID(cfg Config, nc *nats.Conn, logger *slog.Logger) http.Handler {
+func handleOpenID(cfg Config, nc *nats.Conn, logger *slog.Logger, m *metrics.Edge) http.Handler {
 	subject := protocol.Subject(cfg.SubjectPrefix)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -64,12 +75,16 @@ func handleOpenID(cfg Config, nc *nats.Conn, logger *slog.Logger) http.Handler {
 		if e == nil {
 			res, e = ask(ctx, nc, subject, req)
 		}
+		outcome := "ok"
 		if e != nil {
 			writeError(w, e)
+			outcome = string(e.Kind)
 		} else {
 			writeJSON(w, http.StatusOK, res)
 		}
-		logRequest(ctx, logger, r, req, e, time.Since(start))
+		took := time.Since(start)
+		m.Request(outcome, took.Seconds())
+		logRequest(ctx, logger, r, req, e, took)
 	})
 }
 

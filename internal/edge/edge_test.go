@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -12,8 +13,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/wxlogin/wxlogin/internal/edge"
 	"github.com/wxlogin/wxlogin/internal/embednats"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
+	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 	"github.com/wxlogin/wxlogin/internal/testbed"
 )
@@ -267,4 +270,40 @@ func status(t *testing.T, u string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// TestEdgeMetrics: /metrics counts requests by outcome and the NATS
+// connection state.
+func TestEdgeMetrics(t *testing.T) {
+	b := testbed.New(t, testbed.Options{})
+	b.StartWorker(b.WorkerConfig())
+	reg := metrics.NewRegistry()
+	nc := b.Connect("edge-metrics", nats.ReconnectBufSize(-1))
+	srv := httptest.NewServer(edge.NewServer(edge.Config{Timeout: 2 * time.Second, MaxBody: 4096, Registry: reg}, nc, b.Logger))
+	defer srv.Close()
+	get(t, srv.URL+"/v1/openid?code=metrics-CODE-1")
+	get(t, srv.URL+"/v1/openid?code=fx-invalid-CODE-2")
+	get(t, srv.URL+"/v1/openid?code=bad%20CODE")
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	body := string(raw)
+	for _, want := range []string{
+		`wxlogin_edge_requests_total{outcome="ok"} 1`,
+		`wxlogin_edge_requests_total{outcome="invalid_code"} 1`,
+		`wxlogin_edge_requests_total{outcome="bad_request"} 1`,
+		`wxlogin_edge_request_duration_seconds_count{outcome="ok"} 1`,
+		`wxlogin_nats_connected{component="edge"} 1`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(body, "CODE") {
+		t.Error("a code reached the metrics")
+	}
 }

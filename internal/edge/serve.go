@@ -9,13 +9,18 @@ import (
 
 	"github.com/wxlogin/wxlogin/internal/config"
 	"github.com/wxlogin/wxlogin/internal/httpserver"
+	"github.com/wxlogin/wxlogin/internal/metrics"
 )
 
 // Serve runs the edge on addr, asking workers through nc (which it owns
 // and closes), until ctx ends and the requests in flight are answered.
 // cmd/edge and the all-in-one binary both run the edge through here.
+// /metrics serves cfg.Registry (a new one when nil).
 func Serve(ctx context.Context, cfg Config, addr string, nc *nats.Conn, logger *slog.Logger) error {
 	defer nc.Close()
+	if cfg.Registry == nil {
+		cfg.Registry = metrics.NewRegistry()
+	}
 	// /readyz follows the workers: the prober runs as long as the server,
 	// and stops before nc closes.
 	workers := NewWorkers(nc, cfg.SubjectPrefix, ProbeOptions{}, logger)
