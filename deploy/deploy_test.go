@@ -41,6 +41,7 @@ var runtimeVars = []string{"GOMAXPROCS", "GOMEMLIMIT", "GOGC", "GODEBUG"}
 // notInImage are the binaries under cmd/ that the image leaves out, and why.
 var notInImage = map[string]string{
 	"wxbench": "a benchmark tool for developers, not a production process",
+	"soak":    "a long-running stability test for developers, not a production process",
 }
 
 // envNames returns the variables of a config struct's envconfig tags,
