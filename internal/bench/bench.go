@@ -126,15 +126,20 @@ var scenarios = map[int]func(context.Context, *env) ([]row, error){
 
 func printTable(w io.Writer, rows []row) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "#\tsetup\treq/s\tp50\tp99\tCPU/req\tallocs/req\terrors\tnotes")
+	fmt.Fprintln(tw, "#\tsetup\treq/s\tp50\tp99\tCPU/req\tallocs/req\tcores\tidle\terrors\tnotes")
 	for _, r := range rows {
 		if r.res == nil {
-			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t%s\n", r.scenario, r.what, r.note)
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t-\t-\t%s\n", r.scenario, r.what, r.note)
 			continue
 		}
 		res := r.res
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%d\t%s\n", r.scenario, r.what, thousands(res.rps()),
-			ms(res.pct(0.50)), ms(res.pct(0.99)), us(res.cpuPerReq()), res.allocsPerReq(), res.errs, r.note)
+		note := r.note
+		if res.errs > 0 {
+			note = strings.TrimPrefix(note+"; first error: "+res.firstErr.Error(), "; ")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.0f%%\t%d\t%s\n", r.scenario, r.what, thousands(res.rps()),
+			ms(res.pct(0.50)), ms(res.pct(0.99)), us(res.cpuPerReq()), res.allocsPerReq(),
+			res.cores(), 100*res.idle, res.errs, note)
 	}
 	tw.Flush()
 }

@@ -6,9 +6,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"runtime/metrics"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -26,7 +28,11 @@ type loadResult struct {
 	window   time.Duration
 	cpu      time.Duration // this process's user+system CPU during the window
 	allocs   uint64        // heap allocations in this process during the window
+	idle     float64       // the machine's idle share of all CPUs during the window
 }
+
+// cores is how many CPUs this process kept busy during the window.
+func (r loadResult) cores() float64 { return r.cpu.Seconds() / r.window.Seconds() }
 
 func (r loadResult) rps() float64 { return float64(r.ok) / r.window.Seconds() }
 
@@ -113,12 +119,12 @@ func closedLoop(ctx context.Context, clients int, warmup, dur time.Duration, do 
 		}
 	})
 	sleepUntil(ctx, from)
-	cpu0, allocs0 := cpuTime(), heapAllocs()
+	cpu0, allocs0, sys0 := cpuTime(), heapAllocs(), readSysCPU()
 	sleepUntil(ctx, to)
-	cpu1, allocs1 := cpuTime(), heapAllocs()
+	cpu1, allocs1, sys1 := cpuTime(), heapAllocs(), readSysCPU()
 	wg.Wait()
 
-	out := loadResult{window: dur, cpu: cpu1 - cpu0, allocs: allocs1 - allocs0}
+	out := loadResult{window: dur, cpu: cpu1 - cpu0, allocs: allocs1 - allocs0, idle: sys1.idleSince(sys0)}
 	n := 0
 	for i := range res {
 		n += len(res[i].lat)
@@ -154,6 +160,42 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// sysCPU is the machine's CPU time so far, from /proc/stat, in ticks.
+type sysCPU struct{ idle, total uint64 }
+
+func readSysCPU() sysCPU {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return sysCPU{}
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	var c sysCPU
+	if len(f) < 5 || f[0] != "cpu" {
+		return c
+	}
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		if i == 3 || i == 4 { // idle, iowait
+			c.idle += n
+		}
+		if i < 8 { // user … steal; guest time is already in user
+			c.total += n
+		}
+	}
+	return c
+}
+
+// idleSince is the idle share of the machine's CPUs between then and c:
+// on a shared machine, near zero means the figures are CPU-bound, by
+// this benchmark or by others.
+func (c sysCPU) idleSince(then sysCPU) float64 {
+	if c.total <= then.total {
+		return 0
+	}
+	return float64(c.idle-then.idle) / float64(c.total-then.total)
 }
 
 // heapAllocs is how many heap objects this process has allocated so far;

@@ -37,6 +37,7 @@ func merge(runs []loadResult) loadResult {
 		out.window += r.window
 		out.cpu += r.cpu
 		out.allocs += r.allocs
+		out.idle += r.idle / float64(len(runs))
 		out.lat = append(out.lat, r.lat...)
 		if out.firstErr == nil {
 			out.firstErr = r.firstErr
@@ -218,12 +219,20 @@ func scenario2(ctx context.Context, e *env) ([]row, error) {
 		res := closedLoop(ctx, clients, 2*e.opts.Warmup, e.opts.Duration, httpDoer(t.url, codePrefix(), tr))
 		tr.CloseIdleConnections()
 		rows = append(rows, row{scenario: "2", what: t.what, res: &res,
-			note: fmt.Sprintf("%.2f× ideal %s; %d upstream connections opened", res.rps()/ideal, thousands(ideal), st.up.conns.Load()-conns)})
+			note: fmt.Sprintf("%.2f× ideal %s (%s); %d upstream connections opened", res.rps()/ideal, thousands(ideal),
+				coresForIdeal(ideal, res), st.up.conns.Load()-conns)})
 		if err := res.check(t.what); err != nil {
 			return rows, err
 		}
 	}
 	return rows, nil
+}
+
+// coresForIdeal says how many CPUs the ideal rate takes at the CPU per
+// request measured: more than the machine has means the run is bound by
+// CPU, not by the upstream's latency.
+func coresForIdeal(ideal float64, res loadResult) string {
+	return fmt.Sprintf("needs %.1f cores at this CPU/req", ideal*res.cpuPerReq().Seconds())
 }
 
 // scenario4 is scale-out: workers with WORKER_CONCURRENCY=100 against 50 ms
@@ -268,7 +277,8 @@ func scenario4(ctx context.Context, e *env) ([]row, error) {
 		}
 		rows = append(rows, row{scenario: "4", res: &res,
 			what: fmt.Sprintf("pipeline: %d worker(s) × concurrency %d, %d clients, 50 ms upstream", n, perWorker, clients),
-			note: fmt.Sprintf("%.2f× ideal %s; %.2f× 1 worker", res.rps()/ideal, thousands(ideal), res.rps()/one)})
+			note: fmt.Sprintf("%.2f× ideal %s (%s); %.2f× 1 worker", res.rps()/ideal, thousands(ideal),
+				coresForIdeal(ideal, res), res.rps()/one)})
 	}
 	return rows, nil
 }
