@@ -149,7 +149,8 @@ type Server struct {
 	onCall  func(Call)
 	latency atomic.Int64 // nanoseconds
 	total   atomic.Int64
-	epoch   time.Time // monotonic origin for the compact timestamps below
+	epoch   time.Time            // monotonic origin for the compact timestamps below
+	elapsed func() time.Duration // replaces time.Since(epoch) in tests of expiry
 	seed    maphash.Seed
 	shards  [numShards]shard
 }
@@ -475,6 +476,9 @@ func (s *Server) shard(code string) *shard {
 // now returns monotonic nanoseconds since the server started; compact and
 // immune to wall-clock steps.
 func (s *Server) now() int64 {
+	if s.elapsed != nil {
+		return int64(s.elapsed())
+	}
 	return int64(time.Since(s.epoch))
 }
 

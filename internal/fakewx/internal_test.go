@@ -40,6 +40,8 @@ func TestParseMagic(t *testing.T) {
 func TestMemoryBounded(t *testing.T) {
 	const ttl = 20 * time.Millisecond
 	s := New(Config{Apps: []App{DemoApp()}, CodeTTL: ttl})
+	var clock time.Duration // controlled, so that a slow machine changes nothing
+	s.elapsed = func() time.Duration { return clock }
 	s.Script("pending", Busy()) // scripts must survive expiry
 	stored := func() int {
 		n := 0
@@ -70,7 +72,7 @@ func TestMemoryBounded(t *testing.T) {
 		if n := stored(); n > 2*burst {
 			t.Fatalf("%d codes stored after burst, want at most %d", n, 2*burst)
 		}
-		time.Sleep(ttl + ttl/2)
+		clock += ttl + ttl/2
 	}
 	// Touch every shard once so that each rotates: everything from the
 	// bursts has expired and must be gone.
@@ -97,13 +99,17 @@ func TestGenerationsKeepLiveCodes(t *testing.T) {
 	// generation rotations.
 	const ttl = 30 * time.Millisecond
 	s := New(Config{Apps: []App{DemoApp()}, CodeTTL: ttl})
+	// A controlled clock: real sleeps overshoot a 30ms TTL on a loaded
+	// machine and would make the code expire legitimately.
+	var clock time.Duration
+	s.elapsed = func() time.Duration { return clock }
 	req := func() *http.Request {
 		return httptest.NewRequest(http.MethodGet, Path+"?appid="+DemoAppID+"&secret="+DemoSecret+
 			"&grant_type=authorization_code&js_code=live", nil)
 	}
 	s.ServeHTTP(httptest.NewRecorder(), req())
 	for range 10 {
-		time.Sleep(ttl / 3)
+		clock += ttl / 3
 		w := httptest.NewRecorder()
 		s.ServeHTTP(w, req())
 		if !json40163(w.Body.String()) {

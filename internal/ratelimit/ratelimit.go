@@ -67,6 +67,7 @@ type Limiter struct {
 	peers atomic.Int64 // last known number of workers, ≥ 1
 
 	lastWarn atomic.Int64
+	missed   atomic.Int64 // slots let go because the caller woke too late
 }
 
 // New returns a limiter for appids. Until Bind succeeds it limits locally.
@@ -158,6 +159,10 @@ func (l *Limiter) SetPeers(n int) {
 	}
 }
 
+// Missed returns how many slots were let go because their caller woke
+// too late to use them.
+func (l *Limiter) Missed() int64 { return l.missed.Load() }
+
 // Peers returns the last known number of workers.
 func (l *Limiter) Peers() int { return int(l.peers.Load()) }
 
@@ -190,34 +195,49 @@ func (l *Limiter) Wait(ctx context.Context, appid string) *protocol.Error {
 	}
 
 	l.refreshRate(ctx, a)
-	var at time.Time
-	var e *protocol.Error
-	if kvp := l.kv.Load(); kvp != nil {
-		var err error
-		at, e, err = l.takeShared(ctx, *kvp, a, latest)
-		if err != nil {
-			if ctx.Err() != nil {
-				return protocol.Wrap(err, protocol.KindTimeout, "the deadline passed while waiting for the rate limit")
+	for {
+		at, shared, e := l.take(ctx, a, latest)
+		if e != nil {
+			return e
+		}
+		if d := time.Until(at); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return protocol.New(protocol.KindTimeout, "the deadline passed while waiting for the rate limit")
 			}
-			l.degraded("the rate-limit bucket failed; limiting per worker", err)
-			at, e = l.takeLocal(a, latest)
 		}
-	} else {
-		at, e = l.takeLocal(a, latest)
-	}
-	if e != nil {
-		return e
-	}
-	if d := time.Until(at); d > 0 {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return protocol.New(protocol.KindTimeout, "the deadline passed while waiting for the rate limit")
+		// A slot is a moment, not a voucher: woken too late (a stalled
+		// process), calling now would crowd the next slots' calls into
+		// the same second. Let the moment go and take another slot.
+		if !shared || time.Since(at) <= lateTolerance {
+			return nil
 		}
+		l.missed.Add(1)
 	}
-	return nil
+}
+
+// lateTolerance is how late a call may start after its slot. It bounds
+// how far calls can drift into the next second: Rate × lateTolerance.
+const lateTolerance = 10 * time.Millisecond
+
+// take returns the time of the caller's slot, and whether it is a
+// pool-wide one.
+func (l *Limiter) take(ctx context.Context, a *app, latest time.Time) (time.Time, bool, *protocol.Error) {
+	if kvp := l.kv.Load(); kvp != nil {
+		at, e, err := l.takeShared(ctx, *kvp, a, latest)
+		if err == nil {
+			return at, true, e
+		}
+		if ctx.Err() != nil {
+			return time.Time{}, true, protocol.Wrap(err, protocol.KindTimeout, "the deadline passed while waiting for the rate limit")
+		}
+		l.degraded("the rate-limit bucket failed; limiting per worker", err)
+	}
+	at, e := l.takeLocal(a, latest)
+	return at, false, e
 }
 
 // Feedback tells the limiter how WeChat answered an appid's call: 45011
