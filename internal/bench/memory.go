@@ -243,7 +243,7 @@ func RunChild(ctx context.Context, args []string, stdin io.Reader, stderr io.Wri
 		cancel()
 	}()
 
-	client, err := wechat.New(*upstreamURL)
+	client, err := wechat.New(*upstreamURL, wechat.IdleConns(*concurrency))
 	if err != nil {
 		return err
 	}

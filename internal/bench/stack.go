@@ -200,7 +200,8 @@ func (s *stack) startWorker(cfg exchange.Config) (w *exchange.Worker, err error)
 }
 
 func (s *stack) startWorkerHere(cfg exchange.Config) (*exchange.Worker, error) {
-	client, err := wechat.New(s.up.URL)
+	// The pool sized as exchange.Serve sizes it in production.
+	client, err := wechat.New(s.up.URL, wechat.IdleConns(cfg.Concurrency))
 	if err != nil {
 		return nil, err
 	}
@@ -266,7 +267,9 @@ func (s *stack) startBaseline() (url string, err error) {
 }
 
 func (s *stack) startBaselineHere() (string, error) {
-	client, err := wechat.New(s.up.URL)
+	// A well-configured peer: enough idle connections for the largest
+	// scenario's clients, as the worker has for its concurrency.
+	client, err := wechat.New(s.up.URL, wechat.IdleConns(4096))
 	if err != nil {
 		return "", err
 	}

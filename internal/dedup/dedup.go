@@ -11,10 +11,10 @@
 //     dead worker blocks nobody for long), calls WeChat, and then writes
 //     the answer. Other workers that meet the claim poll for the answer.
 //
-// Only the claim is on the critical path. The answer is written by an
-// asynchronous publish that goes out before the reply on the same
-// connection, so the server stores it before the requester can see the
-// reply, without the worker waiting for the acknowledgement.
+// Only the claim is on the critical path. The answer is written by a
+// publish that waits for no acknowledgement and goes out before the reply
+// on the same connection, so the server stores it before the requester can
+// see the reply.
 //
 // Keys are an HMAC of appid and code under the app's secret: never the raw
 // code. Stored values hold only what a reply needs: openid and unionid, or
@@ -22,6 +22,7 @@
 package dedup
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -30,13 +31,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/protocol"
@@ -83,14 +85,17 @@ type Exchange func(ctx context.Context) (protocol.Result, *protocol.Error)
 
 // Store de-duplicates exchanges. Until Bind succeeds it works per worker.
 type Store struct {
-	opts   Options
-	log    *slog.Logger
-	flight singleflight.Group
-	cache  *cache
+	opts  Options
+	log   *slog.Logger
+	cache *cache
 
-	kv     atomic.Pointer[jetstream.KeyValue] // nil: per-worker only
-	js     jetstream.JetStream
-	subjPx string // "$KV.<bucket>."
+	mu     sync.Mutex
+	flight map[string]*flight // exchanges running on this worker, by key
+
+	kv        atomic.Pointer[jetstream.KeyValue] // nil: per-worker only
+	nc        *nats.Conn
+	subjPx    string // "$KV.<bucket>."
+	ttlHeader string // ClaimTTL as the Nats-TTL header wants it
 
 	lastWarn atomic.Int64 // unix nanos of the last degraded-mode warning
 }
@@ -112,7 +117,7 @@ func New(opts Options, logger *slog.Logger) *Store {
 	if opts.LocalMax <= 0 {
 		opts.LocalMax = 100_000
 	}
-	return &Store{opts: opts, log: logger, cache: newCache(opts.ResultTTL, opts.LocalMax)}
+	return &Store{opts: opts, log: logger, cache: newCache(opts.ResultTTL, opts.LocalMax), flight: map[string]*flight{}}
 }
 
 // BucketName is the bucket for a subject prefix: dots are not allowed in
@@ -128,9 +133,7 @@ var ErrNoJetStream = errors.New("jetstream is not enabled on the server")
 // Bind creates the bucket if missing (or uses the existing one) and turns
 // cross-worker de-duplication on.
 func (s *Store) Bind(ctx context.Context, nc *nats.Conn) error {
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
-		s.degraded("storing an answer failed", err)
-	}))
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
@@ -155,8 +158,9 @@ func (s *Store) Bind(ctx context.Context, nc *nats.Conn) error {
 		}
 		return fmt.Errorf("binding kv bucket %s: %w", s.opts.Bucket, err)
 	}
-	s.js = js
+	s.nc = nc
 	s.subjPx = "$KV." + s.opts.Bucket + "."
+	s.ttlHeader = s.opts.ClaimTTL.String()
 	s.kv.Store(&kv)
 	return nil
 }
@@ -175,30 +179,40 @@ func Key(secret, appid, code string) string {
 }
 
 // Do returns the answer for key, running exchange only if no other
-// request, on this worker or another, has run or is running it. It
-// returns FromUpstream only when this call's own exchange ran, so the
-// caller may then read what that function wrote.
+// request, on this worker or another, has run or is running it. The first
+// caller on this worker runs it in its own goroutine (no goroutine per
+// exchange); later callers wait for its answer within their own deadlines.
 func (s *Store) Do(ctx context.Context, key string, exchange Exchange) (protocol.Result, *protocol.Error, Source) {
 	if a, ok := s.cache.get(key); ok {
 		return a.result(FromCache)
 	}
-	// ran is written only by this caller's own function, if it is the
-	// one singleflight runs, and read only after its result arrived.
-	ran := false
-	ch := s.flight.DoChan(key, func() (any, error) {
-		ran = true
-		return s.lead(ctx, key, exchange), nil
-	})
-	select {
-	case r := <-ch:
-		a := r.Val.(answered)
-		if !ran {
-			a.source = FromFlight
+	s.mu.Lock()
+	if f, ok := s.flight[key]; ok {
+		s.mu.Unlock()
+		select {
+		case <-f.done:
+			return f.answered.answer.result(FromFlight)
+		case <-ctx.Done():
+			return protocol.Result{}, protocol.New(protocol.KindTimeout, "waiting for a duplicate request's answer took past the deadline"), FromFlight
 		}
-		return a.answer.result(a.source)
-	case <-ctx.Done():
-		return protocol.Result{}, protocol.New(protocol.KindTimeout, "waiting for a duplicate request's answer took past the deadline"), FromFlight
 	}
+	f := &flight{done: make(chan struct{})}
+	s.flight[key] = f
+	s.mu.Unlock()
+
+	f.answered = s.lead(ctx, key, exchange)
+	s.mu.Lock()
+	delete(s.flight, key)
+	s.mu.Unlock()
+	close(f.done)
+	return f.answered.answer.result(f.answered.source)
+}
+
+// flight is an exchange in progress on this worker; answered is written
+// before done closes and read only after.
+type flight struct {
+	done     chan struct{}
+	answered answered
 }
 
 type answered struct {
@@ -218,7 +232,7 @@ func (s *Store) lead(ctx context.Context, key string, exchange Exchange) answere
 	}
 	kv := *kvp
 	for {
-		rev, err := kv.Create(ctx, key, claimValue, jetstream.KeyTTL(s.opts.ClaimTTL))
+		rev, err := s.claim(ctx, kv, key)
 		switch {
 		case err == nil:
 			return answered{s.claimed(ctx, kv, key, rev, exchange), FromUpstream}
@@ -247,6 +261,47 @@ func (s *Store) lead(ctx context.Context, key string, exchange Exchange) answere
 	}
 }
 
+// claim creates key with a claim that expires after ClaimTTL. It is the
+// one store round trip on the request's path, so it skips the KV client's
+// general machinery: a plain request to the key's subject with the
+// headers Create would send, and the acknowledgement read without
+// reflection. Anything unusual (a delete marker to write over, an error)
+// goes the general way, through kv.Create.
+func (s *Store) claim(ctx context.Context, kv jetstream.KeyValue, key string) (uint64, error) {
+	msg := nats.NewMsg(s.subjPx + key)
+	msg.Data = claimValue
+	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+	msg.Header.Set(jetstream.MsgTTLHeader, s.ttlHeader)
+	if reply, err := s.nc.RequestMsgWithContext(ctx, msg); err == nil {
+		if seq, ok := ackSequence(reply.Data); ok {
+			return seq, nil
+		}
+	} else if ctx.Err() != nil {
+		return 0, err
+	}
+	return kv.Create(ctx, key, claimValue, jetstream.KeyTTL(s.opts.ClaimTTL))
+}
+
+// ackSequence reads the sequence of a successful JetStream publish
+// acknowledgement, {"stream":"…","seq":N,…}; ok is false for an error or
+// anything else.
+func ackSequence(ack []byte) (uint64, bool) {
+	if bytes.Contains(ack, []byte(`"error"`)) {
+		return 0, false
+	}
+	i := bytes.Index(ack, []byte(`"seq":`))
+	if i < 0 {
+		return 0, false
+	}
+	rest := ack[i+len(`"seq":`):]
+	end := 0
+	for end < len(rest) && rest[end] >= '0' && rest[end] <= '9' {
+		end++
+	}
+	seq, err := strconv.ParseUint(string(rest[:end]), 10, 64)
+	return seq, err == nil && seq > 0
+}
+
 // claimed runs the exchange under our claim and publishes the answer.
 func (s *Store) claimed(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64, exchange Exchange) answer {
 	a := run(ctx, exchange)
@@ -270,9 +325,13 @@ func (s *Store) claimed(ctx context.Context, kv jetstream.KeyValue, key string, 
 		return a
 	}
 	s.cache.put(key, a)
-	msg := nats.NewMsg(s.subjPx + key)
-	msg.Data = a.encode()
-	if _, err := s.js.PublishMsgAsync(msg); err != nil {
+	// A publish without a reply subject: JetStream stores it and sends no
+	// acknowledgement, so it costs the worker one buffered write. It goes
+	// out before the reply on the same connection, so the server has
+	// stored it before the requester can retry. If it is lost (store
+	// unreachable), a retry meets our claim, waits out WX_CLAIM_TTL and
+	// gets WeChat's 40163 as code_used: the degraded case.
+	if err := s.nc.Publish(s.subjPx+key, a.encode()); err != nil {
 		s.degraded("storing an answer failed", err)
 	}
 	return a

@@ -79,3 +79,18 @@ func TestCacheBoundsAndExpiry(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+func TestAckSequence(t *testing.T) {
+	for ack, want := range map[string]uint64{
+		`{"stream":"KV_wxlogin_results","seq":42}`:                                       42,
+		`{"stream":"KV_x","domain":"d","seq":7,"duplicate":false}`:                       7,
+		`{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 5"}}`: 0,
+		`{"stream":"KV_x","seq":0}`:                                                      0,
+		`garbage`:                                                                        0,
+	} {
+		got, ok := ackSequence([]byte(ack))
+		if got != want || ok != (want > 0) {
+			t.Errorf("%s: got %d %v, want %d", ack, got, ok, want)
+		}
+	}
+}

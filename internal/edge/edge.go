@@ -80,7 +80,7 @@ func handleOpenID(cfg Config, nc *nats.Conn, logger *slog.Logger, m *metrics.Edg
 			writeError(w, e)
 			outcome = string(e.Kind)
 		} else {
-			writeJSON(w, http.StatusOK, res)
+			writeBody(w, http.StatusOK, protocol.EncodeResult(res))
 		}
 		took := time.Since(start)
 		m.Request(outcome, took.Seconds())
@@ -98,12 +98,8 @@ func ask(ctx context.Context, nc *nats.Conn, subject string, req protocol.Reques
 		e.RetryAfter = time.Second
 		return protocol.Result{}, e
 	}
-	data, err := json.Marshal(req)
-	if err != nil {
-		return protocol.Result{}, protocol.Wrap(err, protocol.KindBadRequest, "request cannot be encoded")
-	}
 	msg := nats.NewMsg(subject)
-	msg.Data = data
+	msg.Data = protocol.EncodeRequest(req)
 	if dl, ok := ctx.Deadline(); ok {
 		budget := max(time.Until(dl)-replySlack, time.Millisecond)
 		msg.Header.Set(protocol.HeaderTimeout, strconv.FormatInt(budget.Milliseconds(), 10))
@@ -150,6 +146,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	if err != nil {
 		status, body = http.StatusInternalServerError, []byte(`{"error":"upstream_error","message":"reply cannot be encoded","retry":"same_code"}`)
 	}
+	writeBody(w, status, body)
+}
+
+// writeBody writes a JSON body: the one place replies get their headers.
+func writeBody(w http.ResponseWriter, status int, body []byte) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	// An openid is personal data: no cache keeps it.

@@ -171,8 +171,8 @@ func (w *Worker) exchange(ctx context.Context, req protocol.Request) (protocol.R
 	if w.dedup == nil {
 		return w.upstream(ctx, appid, secret, req.Code, &o)
 	}
-	// up is written by the exchange function, which may run in another
-	// goroutine; it is read only when Do says that function was ours.
+	// up is written by the exchange function; Do runs it in this
+	// goroutine, and says FromUpstream only when it did.
 	up := outcome{appid: appid}
 	res, e, src := w.dedup.Do(ctx, dedup.Key(secret, appid, req.Code), func(ctx context.Context) (protocol.Result, *protocol.Error) {
 		res, o := w.upstream(ctx, appid, secret, req.Code, &up)

@@ -46,7 +46,7 @@ func Serve(ctx context.Context, cfg Config, apiBase, metricsAddr string, nc *nat
 	if cfg.Registry == nil && metricsAddr != "" {
 		cfg.Registry = metrics.NewRegistry()
 	}
-	client, err := wechat.New(apiBase)
+	client, err := wechat.New(apiBase, wechat.IdleConns(cfg.Concurrency))
 	if err != nil {
 		nc.Close()
 		return fmt.Errorf("WX_API_BASE: %w", err)

@@ -87,7 +87,7 @@ func DecodeRequest(data []byte) (Request, *Error) {
 	if len(data) == 0 {
 		return r, New(KindBadRequest, "empty request: want {\"appid\":A,\"code\":C}")
 	}
-	if err := json.Unmarshal(data, &r); err != nil {
+	if err := decodeRequest(data, &r); err != nil {
 		return r, New(KindBadRequest, "request is not a JSON object {\"appid\":A,\"code\":C}")
 	}
 	if e := r.Validate(); e != nil {
@@ -111,8 +111,7 @@ func ErrorMsg(e *Error) *nats.Msg {
 
 // ResultMsg builds the NATS reply for a success.
 func ResultMsg(r Result) *nats.Msg {
-	body, _ := json.Marshal(r)
-	return &nats.Msg{Data: body}
+	return &nats.Msg{Data: EncodeResult(r)}
 }
 
 // DecodeReply turns a worker's reply into a Result or an *Error.
@@ -134,7 +133,7 @@ func DecodeReply(m *nats.Msg) (Result, *Error) {
 		}
 		return res, e
 	}
-	if err := json.Unmarshal(m.Data, &res); err != nil || res.OpenID == "" {
+	if err := decodeResult(m.Data, &res); err != nil || res.OpenID == "" {
 		return Result{}, New(KindUpstream, "worker sent an unreadable reply")
 	}
 	return res, nil

@@ -127,7 +127,11 @@ type Client struct {
 // common where servers may not reach the internet directly, and with https
 // the proxy only sees a CONNECT to the host, never the query that holds the
 // secret. Redirects are not followed (see newHTTPClient).
-func New(baseURL string) (*Client, error) {
+func New(baseURL string, opts ...Option) (*Client, error) {
+	o := options{idle: MaxIdleConnsPerHost}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	u, err := url.Parse(baseURL)
 	if err != nil {
 		// url.Parse's error quotes the input, which may hold credentials.
@@ -145,20 +149,42 @@ func New(baseURL string) (*Client, error) {
 	}
 	u.Path = strings.TrimRight(u.Path, "/")
 	u.RawPath = ""
-	return &Client{endpoint: u.String() + Path, hc: newHTTPClient()}, nil
+	return &Client{endpoint: u.String() + Path, hc: newHTTPClient(o.idle)}, nil
+}
+
+// An Option adjusts a Client.
+type Option func(*options)
+
+type options struct{ idle int }
+
+// IdleConns keeps up to n idle connections to WeChat (default
+// MaxIdleConnsPerHost). Size it to the exchanges a worker runs at once:
+// with fewer, a busy worker closes connections it will need a moment
+// later, and every new one costs a TLS handshake.
+func IdleConns(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.idle = n
+		}
+	}
 }
 
 // newHTTPClient builds the one shared http.Client.
-func newHTTPClient() *http.Client {
+func newHTTPClient(idle int) *http.Client {
 	dialer := &net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
-		TLSHandshakeTimeout:   TLSHandshakeTimeout,
-		ForceAttemptHTTP2:     true, // needed since DialContext and TLSClientConfig are custom
-		MaxIdleConns:          MaxIdleConnsPerHost,
-		MaxIdleConnsPerHost:   MaxIdleConnsPerHost,
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         dialer.DialContext,
+		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: TLSHandshakeTimeout,
+		ForceAttemptHTTP2:   true, // needed since DialContext and TLSClientConfig are custom
+		MaxIdleConns:        idle,
+		MaxIdleConnsPerHost: idle,
+		// Requests are one short GET and answers about 300 bytes: the
+		// default 4 KiB buffers per connection would be most of a busy
+		// worker's memory per exchange.
+		ReadBufferSize:        2 << 10,
+		WriteBufferSize:       2 << 10,
 		IdleConnTimeout:       IdleConnTimeout,
 		ExpectContinueTimeout: time.Second,
 		// A hostile or broken peer must not make us buffer megabytes of
