@@ -29,10 +29,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +38,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxlogin/wxlogin/internal/bucket"
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 )
@@ -97,7 +96,7 @@ type Store struct {
 	subjPx    string // "$KV.<bucket>."
 	ttlHeader string // ClaimTTL as the Nats-TTL header wants it
 
-	lastWarn atomic.Int64 // unix nanos of the last degraded-mode warning
+	warn logging.Throttle
 }
 
 // New returns a Store that de-duplicates within this worker.
@@ -117,27 +116,18 @@ func New(opts Options, logger *slog.Logger) *Store {
 	if opts.LocalMax <= 0 {
 		opts.LocalMax = 100_000
 	}
-	return &Store{opts: opts, log: logger, cache: newCache(opts.ResultTTL, opts.LocalMax), flight: map[string]*flight{}}
+	return &Store{opts: opts, log: logger, cache: newCache(opts.ResultTTL, opts.LocalMax),
+		flight: map[string]*flight{}, warn: logging.Throttle{Every: 10 * time.Second}}
 }
 
-// BucketName is the bucket for a subject prefix: dots are not allowed in
-// bucket names.
-func BucketName(subjectPrefix string) string {
-	return strings.ReplaceAll(subjectPrefix, ".", "_") + "_results"
-}
-
-// ErrNoJetStream means the server has JetStream off: de-duplication stays
-// per worker.
-var ErrNoJetStream = errors.New("jetstream is not enabled on the server")
+// BucketName is the answers bucket for a subject prefix.
+func BucketName(subjectPrefix string) string { return bucket.Name(subjectPrefix, "results") }
 
 // Bind creates the bucket if missing (or uses the existing one) and turns
-// cross-worker de-duplication on.
+// cross-worker de-duplication on. It returns bucket.ErrNoJetStream when
+// the server has no JetStream.
 func (s *Store) Bind(ctx context.Context, nc *nats.Conn) error {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := bucket.Open(ctx, nc, jetstream.KeyValueConfig{
 		Bucket:      s.opts.Bucket,
 		Description: "wxlogin: answers of recent code exchanges, keyed by HMAC(appid, code)",
 		TTL:         s.opts.ResultTTL,
@@ -148,15 +138,8 @@ func (s *Store) Bind(ctx context.Context, nc *nats.Conn) error {
 		Replicas:       s.opts.Replicas,
 		LimitMarkerTTL: time.Second,
 	})
-	if errors.Is(err, jetstream.ErrBucketExists) {
-		// Another worker made it, perhaps with other settings: use it.
-		kv, err = js.KeyValue(ctx, s.opts.Bucket)
-	}
 	if err != nil {
-		if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
-			return ErrNoJetStream
-		}
-		return fmt.Errorf("binding kv bucket %s: %w", s.opts.Bucket, err)
+		return err
 	}
 	s.nc = nc
 	s.subjPx = "$KV." + s.opts.Bucket + "."
@@ -363,15 +346,11 @@ func (s *Store) await(ctx context.Context, kv jetstream.KeyValue, key string) (a
 	}
 }
 
-// degraded logs at most one warning per 10 seconds: a store outage
-// should be visible without flooding the log.
+// degraded logs a store failure, at most once per 10 seconds.
 func (s *Store) degraded(what string, err error) {
-	now := time.Now().UnixNano()
-	last := s.lastWarn.Load()
-	if now-last < int64(10*time.Second) || !s.lastWarn.CompareAndSwap(last, now) {
-		return
+	if s.warn.Allow() {
+		s.log.Warn(what, logging.Err(err))
 	}
-	s.log.Warn(what, logging.Err(err))
 }
 
 func run(ctx context.Context, exchange Exchange) answer {

@@ -13,11 +13,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/wxlogin/wxlogin/internal/dedup"
+	"github.com/wxlogin/wxlogin/internal/bucket"
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/protocol"
-	"github.com/wxlogin/wxlogin/internal/ratelimit"
 )
 
 // maxBudget caps the budget a requester may ask for in its header, so a
@@ -185,14 +184,13 @@ func (w *Worker) bindStores(ctx context.Context, nc *nats.Conn) {
 	type store struct {
 		name string
 		bind func(context.Context, *nats.Conn) error
-		off  error
 	}
 	var todo []store
 	if w.dedup != nil {
-		todo = append(todo, store{"de-duplication", w.dedup.Bind, dedup.ErrNoJetStream})
+		todo = append(todo, store{"de-duplication", w.dedup.Bind})
 	}
 	if w.cfg.Rate > 0 {
-		todo = append(todo, store{"rate limit", w.limit.Bind, ratelimit.ErrNoJetStream})
+		todo = append(todo, store{"rate limit", w.limit.Bind})
 	}
 	pause := 250 * time.Millisecond
 	for len(todo) > 0 {
@@ -205,7 +203,7 @@ func (w *Worker) bindStores(ctx context.Context, nc *nats.Conn) {
 			w.log.Info("pool-wide "+s.name+" on", "jetstream", true)
 			todo = todo[1:]
 			continue
-		case errors.Is(err, s.off):
+		case errors.Is(err, bucket.ErrNoJetStream):
 			w.log.Warn("cross-worker " + s.name + " is OFF: the NATS server has no JetStream; " +
 				"it holds per worker only (de-duplication: duplicates collapse on one worker; rate: WX_RATE ÷ workers)")
 			todo = todo[1:]

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/lmittmann/tint"
@@ -46,4 +47,18 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// Throttle lets a message through at most once per Every: a store outage
+// should show in the log without flooding it.
+type Throttle struct {
+	Every time.Duration
+	last  atomic.Int64 // unix nanos of the last message let through
+}
+
+// Allow reports whether a message may be logged now.
+func (t *Throttle) Allow() bool {
+	now := time.Now().UnixNano()
+	last := t.last.Load()
+	return now-last >= int64(t.Every) && t.last.CompareAndSwap(last, now)
 }

@@ -29,7 +29,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +37,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
 
+	"github.com/wxlogin/wxlogin/internal/bucket"
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 )
@@ -66,8 +66,8 @@ type Limiter struct {
 	kv    atomic.Pointer[jetstream.KeyValue]
 	peers atomic.Int64 // last known number of workers, ≥ 1
 
-	lastWarn atomic.Int64
-	missed   atomic.Int64 // slots let go because the caller woke too late
+	warn   logging.Throttle
+	missed atomic.Int64 // slots let go because the caller woke too late
 }
 
 // New returns a limiter for appids. Until Bind succeeds it limits locally.
@@ -81,7 +81,7 @@ func New(opts Options, appids []string, logger *slog.Logger) *Limiter {
 	if opts.Burst <= 0 {
 		opts.Burst = max(1, int(math.Ceil(opts.Rate)))
 	}
-	l := &Limiter{opts: opts, log: logger, apps: map[string]*app{}}
+	l := &Limiter{opts: opts, log: logger, apps: map[string]*app{}, warn: logging.Throttle{Every: 10 * time.Second}}
 	if opts.Rate > 0 {
 		// A block holds at most Burst slots, so the pool never exceeds
 		// Rate+Burst in a window; it is at most 200ms so that a dead
@@ -103,24 +103,15 @@ func New(opts Options, appids []string, logger *slog.Logger) *Limiter {
 }
 
 // BucketName is the rate-limit bucket for a subject prefix.
-func BucketName(subjectPrefix string) string {
-	return strings.ReplaceAll(subjectPrefix, ".", "_") + "_ratelimit"
-}
+func BucketName(subjectPrefix string) string { return bucket.Name(subjectPrefix, "ratelimit") }
 
-// ErrNoJetStream means the server has JetStream off: the limit is kept
-// per worker, as a share of the pool's.
-var ErrNoJetStream = errors.New("jetstream is not enabled on the server")
-
-// Bind creates (or opens) the bucket and turns pool-wide limiting on.
+// Bind creates (or opens) the bucket and turns pool-wide limiting on. It
+// returns bucket.ErrNoJetStream when the server has no JetStream.
 func (l *Limiter) Bind(ctx context.Context, nc *nats.Conn) error {
 	if l.opts.Rate <= 0 {
 		return nil
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := bucket.Open(ctx, nc, jetstream.KeyValueConfig{
 		Bucket:      l.opts.Bucket,
 		Description: "wxlogin: pool-wide rate limit (claimed time blocks, effective rates)",
 		// Blocks matter for seconds; the effective rate is rewritten
@@ -130,14 +121,8 @@ func (l *Limiter) Bind(ctx context.Context, nc *nats.Conn) error {
 		Storage:  jetstream.MemoryStorage,
 		Replicas: l.opts.Replicas,
 	})
-	if errors.Is(err, jetstream.ErrBucketExists) {
-		kv, err = js.KeyValue(ctx, l.opts.Bucket)
-	}
 	if err != nil {
-		if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
-			return ErrNoJetStream
-		}
-		return fmt.Errorf("binding kv bucket %s: %w", l.opts.Bucket, err)
+		return err
 	}
 	l.kv.Store(&kv)
 	return nil
@@ -497,12 +482,9 @@ func (l *Limiter) floor() float64 { return math.Max(l.opts.Rate/20, math.Min(1, 
 
 func round(r float64) float64 { return math.Round(r*100) / 100 }
 
-// degraded logs at most once per 10 seconds.
+// degraded logs a store failure, at most once per 10 seconds.
 func (l *Limiter) degraded(what string, err error) {
-	now := time.Now().UnixNano()
-	last := l.lastWarn.Load()
-	if now-last < int64(10*time.Second) || !l.lastWarn.CompareAndSwap(last, now) {
-		return
+	if l.warn.Allow() {
+		l.log.Warn(what, "workers_known", l.peers.Load(), logging.Err(err))
 	}
-	l.log.Warn(what, "workers_known", l.peers.Load(), logging.Err(err))
 }
