@@ -104,6 +104,9 @@ func New(cfg Config, upstream *wechat.Client, logger *slog.Logger) (*Worker, err
 			rates = w.limit.Rates
 		}
 		w.stats.m = metrics.NewWorker(cfg.Registry, appids, rates)
+		metrics.Modes(cfg.Registry,
+			func() bool { return w.DedupMode() == "shared" },
+			func() bool { return w.RateMode() == "shared" })
 	}
 	if !cfg.NoDedup {
 		w.dedup = dedup.New(dedup.Options{

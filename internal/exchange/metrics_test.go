@@ -19,6 +19,7 @@ func TestWorkerMetrics(t *testing.T) {
 	cfg.Registry = metrics.NewRegistry()
 	cfg.Rate = 100
 	w := b.StartWorker(cfg)
+	testbed.Eventually(t, 10*time.Second, "buckets bound", func() bool { return w.DedupMode() == "shared" && w.RateMode() == "shared" })
 	nc := b.Connect("client")
 	codes := []string{"metrics-ok-CODE", "fx-invalid-CODE", "fx-busy1-CODE"}
 	for _, c := range codes {
@@ -43,6 +44,8 @@ func TestWorkerMetrics(t *testing.T) {
 		`wxlogin_ratelimit_effective_rate{appid="` + app + `"} 100`,
 		`wxlogin_worker_in_flight 0`,
 		`wxlogin_nats_connected{component="worker"} 1`,
+		`wxlogin_dedup_shared 1`,
+		`wxlogin_ratelimit_shared 1`,
 		`wxlogin_upstream_attempt_duration_seconds_count{appid="` + app + `"} 4`,
 	} {
 		if !strings.Contains(body, want) {

@@ -221,6 +221,24 @@ func (c *rateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// Modes registers how far the worker's pool-wide features reach: 1 when
+// shared through JetStream, 0 when per worker only (JetStream off or not
+// reachable yet).
+func Modes(reg prometheus.Registerer, dedupShared, rateShared func() bool) {
+	gauge := func(name, help string, f func() bool) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
+			if f() {
+				return 1
+			}
+			return 0
+		})
+	}
+	reg.MustRegister(
+		gauge("wxlogin_dedup_shared", "1 while de-duplication spans the pool (JetStream); 0 while it holds per worker only.", dedupShared),
+		gauge("wxlogin_ratelimit_shared", "1 while WX_RATE is kept pool-wide (JetStream); 0 while each worker takes a share.", rateShared),
+	)
+}
+
 // NATS registers the state of a connection: connected (1/0) and
 // reconnects so far, labelled by the component's name.
 func NATS(reg prometheus.Registerer, component string, nc *nats.Conn) {
