@@ -73,6 +73,10 @@ func TestEnvNamesMatchContract(t *testing.T) {
 		"WX_APPS", "WX_APPS_FILE", "WX_API_BASE", "WX_HTTP_TIMEOUT", "WX_MAX_ATTEMPTS",
 		"WX_RATE", "WX_BURST", "WORKER_CONCURRENCY", "WORKER_METRICS_ADDR",
 		"NATS_LISTEN", "NATS_STORE_DIR", "FAKEWX_ADDR",
+		// Added by later issues: secrets from files, per-client limit,
+		// exactly-once.
+		"NATS_PASSWORD_FILE", "NATS_TOKEN_FILE", "EDGE_CLIENT_RATE", "EDGE_CLIENT_BURST", "EDGE_TRUST_PROXY",
+		"WX_RESULT_TTL", "WX_CLAIM_TTL", "WORKER_KV_REPLICAS", "WORKER_REQUEST_TIMEOUT",
 	} {
 		if !names[want] {
 			t.Errorf("no config reads %s", want)
