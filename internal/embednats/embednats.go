@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/url"
 	"time"
 
@@ -72,15 +71,6 @@ func Start(o Options, logger *slog.Logger) (*server.Server, error) {
 		return nil, fmt.Errorf("embedded nats: not ready to accept connections on %s:%d", o.Host, o.Port)
 	}
 	return s, nil
-}
-
-// ClusterURL returns the route URL other nodes use to join s.
-func ClusterURL(s *server.Server) string {
-	a := s.ClusterAddr()
-	if a == nil {
-		return ""
-	}
-	return "nats-route://" + net.JoinHostPort(a.IP.String(), fmt.Sprint(a.Port))
 }
 
 // slogAdapter lets nats-server log through our logger. Its notices are

@@ -172,14 +172,14 @@ func (w *Worker) exchange(ctx context.Context, req protocol.Request) (protocol.R
 		return protocol.Result{}, o
 	}
 	if w.dedup == nil {
-		return w.upstream(ctx, appid, secret, req.Code, &o)
+		return w.upstream(ctx, appid, secret, req.Code, &o), o
 	}
 	// up is written by the exchange function; Do runs it in this
 	// goroutine, and says FromUpstream only when it did.
 	up := outcome{appid: appid}
 	res, e, src := w.dedup.Do(ctx, dedup.Key(secret, appid, req.Code), func(ctx context.Context) (protocol.Result, *protocol.Error) {
-		res, o := w.upstream(ctx, appid, secret, req.Code, &up)
-		return res, o.err
+		res := w.upstream(ctx, appid, secret, req.Code, &up)
+		return res, up.err
 	})
 	if src == dedup.FromUpstream {
 		o = up
@@ -189,15 +189,16 @@ func (w *Worker) exchange(ctx context.Context, req protocol.Request) (protocol.R
 	return res, o
 }
 
-// upstream is the exchange proper: rate limit, call, retry.
-func (w *Worker) upstream(ctx context.Context, appid, secret, code string, o *outcome) (protocol.Result, outcome) {
+// upstream is the exchange proper: rate limit, call, retry. What it did
+// goes into o.
+func (w *Worker) upstream(ctx context.Context, appid, secret, code string, o *outcome) protocol.Result {
 	s, err := w.withRetries(ctx, appid, secret, code, o)
 	if err != nil {
 		o.err = err
-		return protocol.Result{}, *o
+		return protocol.Result{}
 	}
 	o.rid = s.RID
-	return protocol.Result{OpenID: s.OpenID, UnionID: s.UnionID}, *o
+	return protocol.Result{OpenID: s.OpenID, UnionID: s.UnionID}
 }
 
 // withRetries calls WeChat until an answer is final, attempts run out, or

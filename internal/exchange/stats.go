@@ -97,9 +97,13 @@ type Stats struct {
 	RateLimit     string             `json:"rate_limit"`
 	EffectiveRate map[string]float64 `json:"effective_rate,omitempty"`
 	WorkersKnown  int                `json:"workers_known,omitempty"`
-	AvgLatency    string             `json:"average_latency"`
-	LastError     string             `json:"last_error,omitempty"`
-	LastErrorAt   *time.Time         `json:"last_error_at,omitempty"`
+	// RateSlotsMissed counts rate-limit slots let go because the worker
+	// woke too late to use them (a stalled process): a sign of CPU
+	// starvation, not of WeChat.
+	RateSlotsMissed int64      `json:"rate_slots_missed,omitempty"`
+	AvgLatency      string     `json:"average_latency"`
+	LastError       string     `json:"last_error,omitempty"`
+	LastErrorAt     *time.Time `json:"last_error_at,omitempty"`
 }
 
 // Stats returns the worker's figures so far.
@@ -122,6 +126,7 @@ func (w *Worker) Stats() Stats {
 	if w.cfg.Rate > 0 {
 		out.EffectiveRate = w.limit.Rates()
 		out.WorkersKnown = w.limit.Peers()
+		out.RateSlotsMissed = w.limit.Missed()
 	}
 	if out.Requests > 0 {
 		out.AvgLatency = (time.Duration(s.latencyNanos.Load() / out.Requests)).String()

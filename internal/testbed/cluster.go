@@ -2,7 +2,6 @@ package testbed
 
 import (
 	"context"
-	"log/slog"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -13,9 +12,7 @@ import (
 	"github.com/wxlogin/wxlogin/internal/edge"
 	"github.com/wxlogin/wxlogin/internal/embednats"
 	"github.com/wxlogin/wxlogin/internal/exchange"
-	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
-	"github.com/wxlogin/wxlogin/internal/wechat"
 )
 
 // Cluster is a bed whose NATS is a cluster of embedded servers routed on
@@ -30,20 +27,8 @@ type Cluster struct {
 // upstream. Options.NoJS is ignored: a cluster always has JetStream.
 func NewCluster(t testing.TB, n int, o Options) *Cluster {
 	t.Helper()
-	if len(o.Apps) == 0 {
-		o.Apps = []fakewx.App{App}
-	}
-	b := &Bed{T: t, Logs: &Buffer{}}
-	b.Logger = slog.New(slog.NewJSONHandler(b.Logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	nodes := embednats.ClusterForTest(t, n)
-	b.NATS = nodes[0]
-	b.Fake = fakewx.New(fakewx.Config{Apps: o.Apps})
-	b.Upstream = o.Upstream
-	if b.Upstream == nil {
-		b.Upstream = httptest.NewServer(b.Fake)
-		t.Cleanup(b.Upstream.Close)
-	}
-	return &Cluster{Bed: b, Nodes: nodes}
+	return &Cluster{Bed: newBed(t, o, nodes[0]), Nodes: nodes}
 }
 
 // ConnectTo opens a connection to node i only (no other node's URL, so
@@ -63,21 +48,7 @@ func (c *Cluster) ConnectTo(i int, name string, extra ...nats.Option) *nats.Conn
 // StartWorkerOn runs a worker with cfg on its own connection to node i.
 func (c *Cluster) StartWorkerOn(i int, cfg exchange.Config) *Worker {
 	c.T.Helper()
-	client, err := wechat.New(c.Upstream.URL)
-	if err != nil {
-		c.T.Fatal(err)
-	}
-	ew, err := exchange.New(cfg, client, c.Logger)
-	if err != nil {
-		c.T.Fatal(err)
-	}
-	nc := c.ConnectTo(i, "worker")
-	if err := ew.Start(nc, "0.0.0-test"); err != nil {
-		c.T.Fatal(err)
-	}
-	w := &Worker{Worker: ew, NC: nc}
-	c.T.Cleanup(func() { w.Stop() })
-	return w
+	return c.startWorkerOn(c.ConnectTo(i, "worker"), cfg)
 }
 
 // StartEdgeOn serves an edge connected to node i over real HTTP on

@@ -53,12 +53,16 @@ type Options struct {
 // New starts NATS and the fake upstream.
 func New(t testing.TB, o Options) *Bed {
 	t.Helper()
+	return newBed(t, o, embednats.ForTest(t, o.NoJS))
+}
+
+// newBed is a bed on the NATS server ns: logs, the fake and its server.
+func newBed(t testing.TB, o Options, ns *server.Server) *Bed {
 	if len(o.Apps) == 0 {
 		o.Apps = []fakewx.App{App}
 	}
-	b := &Bed{T: t, Logs: &Buffer{}}
+	b := &Bed{T: t, Logs: &Buffer{}, NATS: ns}
 	b.Logger = slog.New(slog.NewJSONHandler(b.Logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	b.NATS = embednats.ForTest(t, o.NoJS)
 	b.Fake = fakewx.New(fakewx.Config{Apps: o.Apps, OnCall: o.OnCall})
 	b.Upstream = o.Upstream
 	if b.Upstream == nil {
@@ -100,6 +104,12 @@ func (w *Worker) Stop() error {
 // StartWorker runs a worker with cfg on its own connection.
 func (b *Bed) StartWorker(cfg exchange.Config) *Worker {
 	b.T.Helper()
+	return b.startWorkerOn(b.Connect("worker"), cfg)
+}
+
+// startWorkerOn runs a worker with cfg on nc, stopped when the test ends.
+func (b *Bed) startWorkerOn(nc *nats.Conn, cfg exchange.Config) *Worker {
+	b.T.Helper()
 	client, err := wechat.New(b.Upstream.URL)
 	if err != nil {
 		b.T.Fatal(err)
@@ -108,7 +118,6 @@ func (b *Bed) StartWorker(cfg exchange.Config) *Worker {
 	if err != nil {
 		b.T.Fatal(err)
 	}
-	nc := b.Connect("worker")
 	if err := ew.Start(nc, "0.0.0-test"); err != nil {
 		b.T.Fatal(err)
 	}
