@@ -56,6 +56,14 @@
 // so memory stays bounded under a soak with millions of distinct codes: codes
 // live in two generations per shard and a whole generation is dropped at once,
 // which costs nothing per request and never pauses to sweep.
+//
+// # TLS and HTTP/2
+//
+// Served over plain HTTP, the fake speaks HTTP/1.1 only, so a client holds
+// one connection per call in flight. Real WeChat is reached over HTTPS, where
+// a server may offer HTTP/2 and many calls share a connection. TLSCert serves
+// the fake that way, with a self-signed certificate made at start, and
+// Server.CallsByProtocol tells which protocol the calls came over.
 package fakewx
 
 import (
@@ -147,12 +155,15 @@ type Server struct {
 	apps    map[string]App
 	ttl     int64 // nanoseconds
 	onCall  func(Call)
-	latency atomic.Int64 // nanoseconds
-	total   atomic.Int64
+	latency atomic.Int64         // nanoseconds
 	epoch   time.Time            // monotonic origin for the compact timestamps below
 	elapsed func() time.Duration // replaces time.Since(epoch) in tests of expiry
 	seed    maphash.Seed
 	shards  [numShards]shard
+
+	// Calls to the endpoint by protocol; TotalCalls is their sum, so
+	// counting by protocol costs nothing per request.
+	http1, http2 atomic.Int64
 }
 
 // numShards spreads codes over independently locked maps so that concurrent
@@ -257,7 +268,14 @@ func (s *Server) Calls(code string) int {
 // TotalCalls returns how many GET requests reached the endpoint, whatever
 // their outcome. It equals the number of Config.OnCall invocations.
 func (s *Server) TotalCalls() int64 {
-	return s.total.Load()
+	return s.http1.Load() + s.http2.Load()
+}
+
+// CallsByProtocol splits TotalCalls by the protocol the requests came
+// over: HTTP/1.x, or HTTP/2 (only over TLS, see TLSCert). Tests use it to
+// check which protocol a client negotiated.
+func (s *Server) CallsByProtocol() (http1, http2 int64) {
+	return s.http1.Load(), s.http2.Load()
 }
 
 // OpenID returns the openid the fake answers for code exchanged by appid:
@@ -309,7 +327,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	at := time.Now()
-	s.total.Add(1)
+	if r.ProtoMajor == 2 {
+		s.http2.Add(1)
+	} else {
+		s.http1.Add(1)
+	}
 
 	q := r.URL.Query()
 	appid := q.Get("appid")
