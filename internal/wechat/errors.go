@@ -2,6 +2,7 @@ package wechat
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -269,9 +270,10 @@ func retryAfter(h string) time.Duration {
 }
 
 // transportError classifies a failure to send the request or to read the
-// answer. All are temporary: the attempt did not get an answer, so another
-// one may. *url.Error is unwrapped because its text quotes the full URL,
-// secret included; the rest is scrubbed anyway.
+// answer. All but a failed certificate check are temporary: the attempt
+// did not get an answer, so another one may. *url.Error is unwrapped
+// because its text quotes the full URL, secret included; the rest is
+// scrubbed anyway.
 func transportError(ctx context.Context, err error, secret, code string) *protocol.Error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
@@ -282,6 +284,8 @@ func transportError(ctx context.Context, err error, secret, code string) *protoc
 	var ne net.Error
 	var oe *net.OpError
 	var errno syscall.Errno
+	var cve *tls.CertificateVerificationError
+	temporary := true
 	switch {
 	case errors.Is(err, context.Canceled) || errors.Is(ctx.Err(), context.Canceled):
 		// The caller gave up; say so, so nobody blames WeChat for it.
@@ -294,6 +298,12 @@ func transportError(ctx context.Context, err error, secret, code string) *protoc
 			message = "could not connect to WeChat in time"
 		}
 		is = errTimeout
+	case errors.As(err, &cve):
+		// The request was never sent, so the code is still good, but
+		// another attempt within this request would meet the same
+		// certificate: the roots (WX_CA_FILE) or the path to WeChat (an
+		// intercepting proxy) need fixing, not a retry.
+		message, temporary = "could not verify WeChat's TLS certificate", false
 	case errors.As(err, &oe) && oe.Op == "dial":
 		message = "could not connect to WeChat"
 	case errors.Is(err, io.ErrUnexpectedEOF):
@@ -306,7 +316,7 @@ func transportError(ctx context.Context, err error, secret, code string) *protoc
 	}
 	c := scrubbed(err.Error(), secret, code, "")
 	c.is = is
-	return newError(verdict{kind: protocol.KindUpstream, retry: protocol.RetrySameCode, temporary: true, message: message}, 0, c)
+	return newError(verdict{kind: protocol.KindUpstream, retry: protocol.RetrySameCode, temporary: temporary, message: message}, 0, c)
 }
 
 // errTimeout is the sentinel for transport timeouts that are not ctx's.

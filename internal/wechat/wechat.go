@@ -27,6 +27,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -149,13 +150,16 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	}
 	u.Path = strings.TrimRight(u.Path, "/")
 	u.RawPath = ""
-	return &Client{endpoint: u.String() + Path, hc: newHTTPClient(o.idle)}, nil
+	return &Client{endpoint: u.String() + Path, hc: newHTTPClient(o)}, nil
 }
 
 // An Option adjusts a Client.
 type Option func(*options)
 
-type options struct{ idle int }
+type options struct {
+	idle  int
+	roots *x509.CertPool // nil: the system's
+}
 
 // IdleConns keeps up to n idle connections to WeChat (default
 // MaxIdleConnsPerHost). Size it to the exchanges a worker runs at once:
@@ -169,17 +173,25 @@ func IdleConns(n int) Option {
 	}
 }
 
+// RootCAs makes the client trust only the certificates in pool, instead of
+// the system's roots, when it verifies WeChat's TLS certificate: for an
+// egress proxy that intercepts TLS, a private gateway in front of WeChat,
+// or a test server. A nil pool keeps the system's roots.
+func RootCAs(pool *x509.CertPool) Option {
+	return func(o *options) { o.roots = pool }
+}
+
 // newHTTPClient builds the one shared http.Client.
-func newHTTPClient(idle int) *http.Client {
+func newHTTPClient(o options) *http.Client {
 	dialer := &net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
 		DialContext:         dialer.DialContext,
-		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: o.roots},
 		TLSHandshakeTimeout: TLSHandshakeTimeout,
 		ForceAttemptHTTP2:   true, // needed since DialContext and TLSClientConfig are custom
-		MaxIdleConns:        idle,
-		MaxIdleConnsPerHost: idle,
+		MaxIdleConns:        o.idle,
+		MaxIdleConnsPerHost: o.idle,
 		// Requests are one short GET and answers about 300 bytes: the
 		// default 4 KiB buffers per connection would be most of a busy
 		// worker's memory per exchange.
