@@ -1,14 +1,17 @@
 // Command fakewx is a standalone fake of WeChat's code2Session endpoint for
 // development, demos and benchmarks: point a worker's WX_API_BASE at it.
 // Every code works once; codes of the form fx-<directive>-… misbehave on
-// purpose (see package internal/fakewx). Configured from the environment:
-// fakewx -h lists the variables.
+// purpose (see package internal/fakewx). With FAKEWX_TLS=true it serves
+// HTTPS and offers HTTP/2, as an HTTPS server may, with a self-signed
+// certificate that FAKEWX_CA_OUT writes out for clients to trust.
+// Configured from the environment: fakewx -h lists the variables.
 package main
 
 import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -52,5 +55,41 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		logger.Info("serving the demo app; its secret is fakewx.DemoSecret (see the README)", "appid", fakewx.DemoAppID)
 	}
 	srv := httpserver.New(fake, time.Minute, logger)
-	return httpserver.Run(ctx, srv, cfg.Addr, time.Second, logger)
+	if !cfg.TLS {
+		return httpserver.Run(ctx, srv, cfg.Addr, time.Second, logger)
+	}
+
+	// HTTPS, as WeChat is reached: a fresh certificate each start, whose
+	// PEM clients are given to trust (FAKEWX_CA_OUT).
+	cert, err := fakewx.NewTLSCert()
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", cfg.Addr, err)
+	}
+	if cfg.CAOut != "" {
+		if err := writeFile(cfg.CAOut, cert.PEM()); err != nil {
+			ln.Close()
+			return fmt.Errorf("FAKEWX_CA_OUT: %w", err)
+		}
+	}
+	logger.Info("serving HTTPS with a self-signed certificate for 127.0.0.1, ::1 and localhost; HTTP/2 offered", "ca_out", cfg.CAOut)
+	return httpserver.Serve(ctx, srv, cert.Listener(ln), time.Second, logger)
+}
+
+// writeFile replaces path with data at once, through a file renamed into
+// place, so that a client watching for it never reads half a certificate.
+func writeFile(path string, data []byte) error {
+	tmp := path + ".tmp"
+	// A certificate is public; the key never leaves this process.
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
 }

@@ -107,6 +107,10 @@ type FakeWXConfig struct {
 	Addr    string        `envconfig:"FAKEWX_ADDR" default:"127.0.0.1:9400" desc:"listen address of the fake WeChat"`
 	Apps    Apps          `envconfig:"FAKEWX_APPS" desc:"appid:secret pairs the fake accepts; empty: the demo app"`
 	Latency time.Duration `envconfig:"FAKEWX_LATENCY" default:"0s" desc:"added to every answer"`
+	// Over TLS the fake offers HTTP/2, as an HTTPS server may; over plain
+	// HTTP a client holds a connection per call in flight.
+	TLS   bool   `envconfig:"FAKEWX_TLS" default:"false" desc:"serve HTTPS (HTTP/2 and HTTP/1.1) with a self-signed certificate made at start"`
+	CAOut string `envconfig:"FAKEWX_CA_OUT" desc:"with FAKEWX_TLS, write the certificate (PEM) to this path, for clients to trust"`
 }
 
 // Load fills spec from the environment and validates it. Errors name the
@@ -163,6 +167,9 @@ func (c *FakeWXConfig) validate() error {
 	}
 	if c.Latency < 0 {
 		errs = append(errs, errors.New("FAKEWX_LATENCY: must not be negative"))
+	}
+	if c.CAOut != "" && !c.TLS {
+		errs = append(errs, errors.New("FAKEWX_CA_OUT: set FAKEWX_TLS=true too"))
 	}
 	return errors.Join(append(errs, c.Log.validate())...)
 }

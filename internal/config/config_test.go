@@ -77,6 +77,8 @@ func TestEnvNamesMatchContract(t *testing.T) {
 		// exactly-once.
 		"NATS_PASSWORD_FILE", "NATS_TOKEN_FILE", "EDGE_CLIENT_RATE", "EDGE_CLIENT_BURST", "EDGE_TRUST_PROXY",
 		"WX_RESULT_TTL", "WX_CLAIM_TTL", "WORKER_KV_REPLICAS", "WORKER_REQUEST_TIMEOUT",
+		// The fake over TLS, for HTTP/2 to the upstream.
+		"FAKEWX_TLS", "FAKEWX_CA_OUT",
 	} {
 		if !names[want] {
 			t.Errorf("no config reads %s", want)
@@ -142,9 +144,10 @@ func TestFakeWXDefaults(t *testing.T) {
 	if err := Load(&c); err != nil {
 		t.Fatal(err)
 	}
-	if c.Addr != "127.0.0.1:9400" || c.Latency != 0 || len(c.Apps) != 0 || c.Format != "text" {
+	if c.Addr != "127.0.0.1:9400" || c.Latency != 0 || len(c.Apps) != 0 || c.Format != "text" || c.TLS || c.CAOut != "" {
 		t.Errorf("defaults: %+v", c)
 	}
+
 	t.Setenv("FAKEWX_APPS", "wxf:"+secretA)
 	t.Setenv("FAKEWX_LATENCY", "-1ms")
 	err := Load(&FakeWXConfig{})
@@ -154,6 +157,19 @@ func TestFakeWXDefaults(t *testing.T) {
 	t.Setenv("FAKEWX_APPS", "broken"+secretA)
 	err = Load(&FakeWXConfig{})
 	checkErr(t, err, "FAKEWX_APPS")
+}
+
+func TestFakeWXTLS(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("FAKEWX_CA_OUT", filepath.Join(t.TempDir(), "ca.pem"))
+	checkErr(t, Load(&FakeWXConfig{}), "FAKEWX_CA_OUT")
+	t.Setenv("FAKEWX_TLS", "true")
+	var c FakeWXConfig
+	if err := Load(&c); err != nil || !c.TLS || c.CAOut == "" {
+		t.Errorf("FAKEWX_TLS with FAKEWX_CA_OUT: %v, %+v", err, c)
+	}
+	t.Setenv("FAKEWX_TLS", "maybe")
+	checkErr(t, Load(&FakeWXConfig{}), "FAKEWX_TLS")
 }
 
 func TestWXApps(t *testing.T) {
