@@ -54,7 +54,7 @@ func NewServer(cfg Config, nc *nats.Conn, logger *slog.Logger, opts ...Option) h
 	}
 	// Only /v1/openid is limited: probes come from the orchestrator's
 	// address and must never be refused.
-	mux.Handle("/v1/openid", limitClients(cfg.ClientLimit, logger)(handleOpenID(cfg, nc, logger, m)))
+	mux.Handle("/v1/openid", limitClients(cfg.ClientLimit, logger)(handleOpenID(cfg, nc, watchConn(nc), logger, m)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
@@ -62,7 +62,7 @@ func NewServer(cfg Config, nc *nats.Conn, logger *slog.Logger, opts ...Option) h
 	return mux
 }
 
-func handleOpenID(cfg Config, nc *nats.Conn, logger *slog.Logger, m *metrics.Edge) http.Handler {
+func handleOpenID(cfg Config, nc *nats.Conn, cw *connWatch, logger *slog.Logger, m *metrics.Edge) http.Handler {
 	subject := protocol.Subject(cfg.SubjectPrefix)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -73,7 +73,7 @@ func handleOpenID(cfg Config, nc *nats.Conn, logger *slog.Logger, m *metrics.Edg
 		req, e := parseRequest(r, cfg.MaxBody)
 		var res protocol.Result
 		if e == nil {
-			res, e = ask(ctx, nc, subject, req)
+			res, e = ask(ctx, cancel, nc, cw, subject, req)
 		}
 		outcome := "ok"
 		if e != nil {
@@ -88,8 +88,10 @@ func handleOpenID(cfg Config, nc *nats.Conn, logger *slog.Logger, m *metrics.Edg
 	})
 }
 
-// ask sends req to the worker pool and waits for the reply within ctx.
-func ask(ctx context.Context, nc *nats.Conn, subject string, req protocol.Request) (protocol.Result, *protocol.Error) {
+// ask sends req to the worker pool and waits for the reply within ctx;
+// cancel is ctx's, called if the connection drops meanwhile.
+func ask(ctx context.Context, cancel context.CancelFunc, nc *nats.Conn, cw *connWatch, subject string, req protocol.Request) (protocol.Result, *protocol.Error) {
+	epoch := cw.current()
 	if !nc.IsConnected() {
 		// Publishing now would sit in a reconnect buffer until the
 		// deadline; the client is better served by a fast 503, with the
@@ -104,17 +106,29 @@ func ask(ctx context.Context, nc *nats.Conn, subject string, req protocol.Reques
 		budget := max(time.Until(dl)-replySlack, time.Millisecond)
 		msg.Header.Set(protocol.HeaderTimeout, strconv.FormatInt(budget.Milliseconds(), 10))
 	}
+	stop := context.AfterFunc(epoch, cancel)
 	reply, err := nc.RequestMsgWithContext(ctx, msg)
+	stop()
 	if err != nil {
+		if epoch.Err() != nil && errors.Is(err, context.Canceled) {
+			err = errConnLost
+		}
 		return protocol.Result{}, natsError(err)
 	}
 	return protocol.DecodeReply(reply)
 }
 
+// errConnLost: the connection to NATS dropped while the request waited.
+var errConnLost = errors.New("the connection to NATS dropped while waiting for the reply")
+
 // natsError maps a failed request: nobody listening and a lost connection
 // are 503 at once; a worker that did not answer in time is 504.
 func natsError(err error) *protocol.Error {
 	switch {
+	case errors.Is(err, errConnLost):
+		e := protocol.Wrap(err, protocol.KindUnavailable, "the service lost its connection to the workers; retry with the same code")
+		e.RetryAfter = time.Second
+		return e
 	case errors.Is(err, nats.ErrNoResponders):
 		e := protocol.Wrap(err, protocol.KindUnavailable, "no worker is available; retry shortly")
 		e.RetryAfter = time.Second

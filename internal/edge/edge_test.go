@@ -263,6 +263,49 @@ func TestNATSOutageAndRecovery(t *testing.T) {
 	})
 }
 
+// TestInFlightFailFastOnNATSLoss: a request waiting for its reply when the
+// edge's NATS connection drops gets 503 at once, not 504 at EDGE_TIMEOUT:
+// its reply could only have come over the lost connection.
+func TestInFlightFailFastOnNATSLoss(t *testing.T) {
+	b := testbed.New(t, testbed.Options{NoJS: true})
+	cfg := b.WorkerConfig()
+	// The held exchange ends after one attempt: the test's cleanup waits
+	// for it.
+	cfg.MaxAttempts, cfg.HTTPTimeout = 1, 3*time.Second
+	b.StartWorker(cfg)
+	const timeout = 20 * time.Second
+	base := b.StartEdge(timeout)
+
+	type result struct {
+		r    httpReply
+		took time.Duration
+	}
+	done := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		// fx-hang: WeChat never answers, so the worker holds the request.
+		r := get(t, base+"/v1/openid?code=fx-hang-inflight")
+		done <- result{r, time.Since(start)}
+	}()
+	testbed.Eventually(t, 10*time.Second, "the exchange reached WeChat", func() bool {
+		return b.Fake.Calls("fx-hang-inflight") > 0
+	})
+	b.NATS.Shutdown()
+
+	select {
+	case res := <-done:
+		if res.r.status != 503 || res.r.body.Error != protocol.KindUnavailable || res.r.retryAfter == "" {
+			t.Fatalf("got %d %s, want 503 unavailable with Retry-After", res.r.status, res.r.raw)
+		}
+		t.Logf("503 after %v", res.took)
+		if res.r.body.Retry != protocol.RetrySameCode {
+			t.Errorf("retry hint %q, want %q: the retry may find the answer stored", res.r.body.Retry, protocol.RetrySameCode)
+		}
+	case <-time.After(timeout / 2):
+		t.Fatalf("no reply %v after NATS went away; EDGE_TIMEOUT is %v", timeout/2, timeout)
+	}
+}
+
 func status(t *testing.T, u string) int {
 	resp, err := http.Get(u)
 	if err != nil {

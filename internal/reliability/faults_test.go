@@ -209,7 +209,7 @@ func TestNATSRestartUnderLoad(t *testing.T) {
 	for _, r := range replies {
 		// Requests sent while the edge knew it was disconnected must not
 		// wait: 503 at once. (Those in flight when the server went away
-		// can only time out; they started in the phase before.)
+		// get 503 at once too: internal/edge TestInFlightFailFastOnNATSLoss.)
 		if r.phase == "outage" && r.at.After(outage) && r.at.Add(r.took).Before(back) {
 			if r.status != http.StatusServiceUnavailable || r.took > 500*time.Millisecond {
 				t.Errorf("during the outage: %v, want a fast 503", r.reply)

@@ -1,0 +1,48 @@
+package edge
+
+import (
+	"context"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+)
+
+// connWatch tells requests in flight that the connection to NATS dropped.
+// nats.go keeps such requests waiting while it reconnects, though their
+// replies are as good as lost: the worker answered to a subscription the
+// server no longer has. Without this they would wait out EDGE_TIMEOUT and
+// get 504; with it they get a 503 at once, and the client's retry with the
+// same code is answered from the de-duplication store.
+type connWatch struct {
+	mu    sync.Mutex
+	epoch context.Context // done when the connection it was current for dropped
+	lose  context.CancelFunc
+}
+
+func watchConn(nc *nats.Conn) *connWatch {
+	cw := &connWatch{}
+	cw.epoch, cw.lose = context.WithCancel(context.Background())
+	prev := nc.DisconnectErrHandler()
+	nc.SetDisconnectErrHandler(func(c *nats.Conn, err error) {
+		cw.dropped()
+		if prev != nil {
+			prev(c, err)
+		}
+	})
+	return cw
+}
+
+// current is done once the connection drops. Take it before checking that
+// the connection is up, so that a drop in between is not missed.
+func (cw *connWatch) current() context.Context {
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
+	return cw.epoch
+}
+
+func (cw *connWatch) dropped() {
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
+	cw.lose()
+	cw.epoch, cw.lose = context.WithCancel(context.Background())
+}
