@@ -29,6 +29,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"hash"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -91,10 +92,10 @@ type Store struct {
 	mu     sync.Mutex
 	flight map[string]*flight // exchanges running on this worker, by key
 
-	kv        atomic.Pointer[jetstream.KeyValue] // nil: per-worker only
-	nc        *nats.Conn
-	subjPx    string // "$KV.<bucket>."
-	ttlHeader string // ClaimTTL as the Nats-TTL header wants it
+	kv       atomic.Pointer[jetstream.KeyValue] // nil: per-worker only
+	nc       *nats.Conn
+	subjPx   string      // "$KV.<bucket>."
+	claimHdr nats.Header // the claim's headers; shared, never written after Bind
 
 	warn logging.Throttle
 }
@@ -143,7 +144,10 @@ func (s *Store) Bind(ctx context.Context, nc *nats.Conn) error {
 	}
 	s.nc = nc
 	s.subjPx = "$KV." + s.opts.Bucket + "."
-	s.ttlHeader = s.opts.ClaimTTL.String()
+	s.claimHdr = nats.Header{
+		jetstream.ExpectedLastSubjSeqHeader: {"0"},
+		jetstream.MsgTTLHeader:              {s.opts.ClaimTTL.String()},
+	}
 	s.kv.Store(&kv)
 	return nil
 }
@@ -153,12 +157,34 @@ func (s *Store) Shared() bool { return s.kv.Load() != nil }
 
 // Key is the bucket key for (appid, code): an HMAC under the app's
 // secret, so the key reveals nothing and every worker computes the same.
-func Key(secret, appid, code string) string {
-	m := hmac.New(sha256.New, []byte(secret))
-	m.Write([]byte(appid))
+func Key(secret, appid, code string) string { return NewKeyer(secret, appid).Key(code) }
+
+// Keyer computes one app's Keys. It keeps its HMAC states for reuse:
+// setting one up hashes the secret twice, more work than the code itself.
+type Keyer struct {
+	appid string
+	macs  sync.Pool // of hash.Hash
+}
+
+// NewKeyer returns the Keyer for an app.
+func NewKeyer(secret, appid string) *Keyer {
+	k := &Keyer{appid: appid}
+	k.macs.New = func() any { return hmac.New(sha256.New, []byte(secret)) }
+	return k
+}
+
+// Key is the bucket key for code; see the package function Key.
+func (k *Keyer) Key(code string) string {
+	m := k.macs.Get().(hash.Hash)
+	m.Reset()
+	m.Write([]byte(k.appid))
 	m.Write([]byte{0})
 	m.Write([]byte(code))
-	return hex.EncodeToString(m.Sum(nil)[:16])
+	var sum [sha256.Size]byte
+	var out [32]byte
+	hex.Encode(out[:], m.Sum(sum[:0])[:16])
+	k.macs.Put(m)
+	return string(out[:])
 }
 
 // Do returns the answer for key, running exchange only if no other
@@ -251,10 +277,7 @@ func (s *Store) lead(ctx context.Context, key string, exchange Exchange) answere
 // reflection. Anything unusual (a delete marker to write over, an error)
 // goes the general way, through kv.Create.
 func (s *Store) claim(ctx context.Context, kv jetstream.KeyValue, key string) (uint64, error) {
-	msg := nats.NewMsg(s.subjPx + key)
-	msg.Data = claimValue
-	msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
-	msg.Header.Set(jetstream.MsgTTLHeader, s.ttlHeader)
+	msg := &nats.Msg{Subject: s.subjPx + key, Header: s.claimHdr, Data: claimValue}
 	if reply, err := s.nc.RequestMsgWithContext(ctx, msg); err == nil {
 		if seq, ok := ackSequence(reply.Data); ok {
 			return seq, nil
@@ -407,11 +430,11 @@ type stored struct {
 }
 
 func (a answer) encode() []byte {
-	v := stored{OpenID: a.Result.OpenID, UnionID: a.Result.UnionID}
-	if a.Err != nil {
-		v = stored{Kind: a.Err.Kind, Message: a.Err.Message, Errcode: a.Err.WxErrcode}
+	if a.Err == nil {
+		// The same fields, without reflection: the common case.
+		return protocol.EncodeResult(a.Result)
 	}
-	b, _ := json.Marshal(v)
+	b, _ := json.Marshal(stored{Kind: a.Err.Kind, Message: a.Err.Message, Errcode: a.Err.WxErrcode})
 	return b
 }
 

@@ -94,3 +94,12 @@ func TestAckSequence(t *testing.T) {
 		}
 	}
 }
+
+func TestKeyerMatchesKey(t *testing.T) {
+	k := NewKeyer("secret", "wxapp")
+	for _, code := range []string{"a", "0712cDoV0cfty22AeloV0daMoV02cDog", "0712cDoV0cfty22AeloV0daMoV02cDog", "other"} {
+		if got, want := k.Key(code), Key("secret", "wxapp", code); got != want {
+			t.Fatalf("Keyer.Key(%q) = %s, Key = %s", code, got, want)
+		}
+	}
+}

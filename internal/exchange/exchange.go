@@ -59,7 +59,8 @@ type Worker struct {
 	limit   *ratelimit.Limiter
 	onlyApp string // the appid when exactly one is configured
 	stats   *stats
-	dedup   *dedup.Store // nil with NoDedup
+	dedup   *dedup.Store            // nil with NoDedup
+	keys    map[string]*dedup.Keyer // by appid; with dedup
 
 	intake // the NATS side, in service.go
 }
@@ -113,6 +114,10 @@ func New(cfg Config, upstream *wechat.Client, logger *slog.Logger) (*Worker, err
 			ResultTTL: cfg.ResultTTL, ClaimTTL: cfg.ClaimTTL,
 			Bucket: dedup.BucketName(cfg.SubjectPrefix), Replicas: cfg.KVReplicas,
 		}, logger)
+		w.keys = make(map[string]*dedup.Keyer, len(cfg.Apps))
+		for appid, secret := range cfg.Apps {
+			w.keys[appid] = dedup.NewKeyer(secret, appid)
+		}
 	}
 	w.intake.init(cfg.Concurrency)
 	return w, nil
@@ -177,7 +182,7 @@ func (w *Worker) exchange(ctx context.Context, req protocol.Request) (protocol.R
 	// up is written by the exchange function; Do runs it in this
 	// goroutine, and says FromUpstream only when it did.
 	up := outcome{appid: appid}
-	res, e, src := w.dedup.Do(ctx, dedup.Key(secret, appid, req.Code), func(ctx context.Context) (protocol.Result, *protocol.Error) {
+	res, e, src := w.dedup.Do(ctx, w.keys[appid].Key(req.Code), func(ctx context.Context) (protocol.Result, *protocol.Error) {
 		res := w.upstream(ctx, appid, secret, req.Code, &up)
 		return res, up.err
 	})
@@ -220,9 +225,7 @@ func (w *Worker) withRetries(ctx context.Context, appid, secret, code string, o 
 		o.attempts++
 		w.stats.upstreamCalls.Add(1)
 		callStart := time.Now()
-		actx, cancel := context.WithTimeout(ctx, w.cfg.HTTPTimeout)
-		s, err := w.wx.Code2Session(actx, appid, secret, code)
-		cancel()
+		s, err := w.attempt(ctx, appid, secret, code)
 		if err == nil {
 			w.stats.m.Attempt(appid, 0, false, time.Since(callStart).Seconds())
 			w.limit.Feedback(ctx, appid, 0)
@@ -257,6 +260,18 @@ func (w *Worker) withRetries(ctx context.Context, appid, secret, code string, o 
 			return wechat.Session{}, deadlineError(ctx, e)
 		}
 	}
+}
+
+// attempt is one call to WeChat, within WX_HTTP_TIMEOUT and ctx.
+func (w *Worker) attempt(ctx context.Context, appid, secret, code string) (wechat.Session, error) {
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > w.cfg.HTTPTimeout {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, w.cfg.HTTPTimeout)
+		defer cancel()
+	}
+	// else the request's deadline comes first: a context of its own for
+	// the attempt would only cost an allocation and a timer.
+	return w.wx.Code2Session(ctx, appid, secret, code)
 }
 
 // minAttempt is the least time worth starting an attempt with.

@@ -37,6 +37,8 @@ type intake struct {
 	stopping bool           // set once; after it, exchanges run inline
 	inFlight sync.WaitGroup // exchange goroutines; Add only under mu, before stopping
 
+	runners runners // the goroutines exchanges run on
+
 	nc       *nats.Conn
 	svc      micro.Service
 	stopBind context.CancelFunc
@@ -49,6 +51,7 @@ const waitingPerSlot = 8
 func (in *intake) init(concurrency int) {
 	in.slots = make(chan struct{}, concurrency)
 	in.admitted = make(chan struct{}, concurrency*(1+waitingPerSlot))
+	in.runners.init()
 }
 
 // Start registers the micro service on nc and starts taking requests.
@@ -111,7 +114,8 @@ func (w *Worker) Start(nc *nats.Conn, version string) error {
 }
 
 // handle runs on the subscription's goroutine: it reads what it needs from
-// the message and hands the exchange to a goroutine of its own.
+// the message and hands the exchange to a goroutine of its own (a reused
+// one, see runners).
 func (w *Worker) handle(req micro.Request) {
 	received := time.Now()
 	reply := req.Reply()
@@ -137,13 +141,13 @@ func (w *Worker) handle(req micro.Request) {
 	w.mu.Unlock()
 
 	w.admitted <- struct{}{}
-	go func() {
+	w.runners.run(func() {
 		defer func() {
 			<-w.admitted
 			w.inFlight.Done()
 		}()
 		w.serve(reply, data, deadline)
-	}()
+	})
 }
 
 // serve exchanges one request and publishes the reply. It answers through
@@ -332,6 +336,7 @@ func (w *Worker) Shutdown() error {
 		errs = append(errs, fmt.Errorf("stopping micro service: %w", err))
 	}
 	w.inFlight.Wait()
+	w.runners.stop()
 
 	closed := make(chan struct{})
 	w.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
