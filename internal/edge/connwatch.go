@@ -2,7 +2,7 @@ package edge
 
 import (
 	"context"
-	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 )
@@ -14,17 +14,26 @@ import (
 // get 504; with it they get a 503 at once, and the client's retry with the
 // same code is answered from the de-duplication store.
 type connWatch struct {
-	mu    sync.Mutex
-	epoch context.Context // done when the connection it was current for dropped
-	lose  context.CancelFunc
+	cur atomic.Pointer[epoch]
+}
+
+// epoch is one stretch of connectedness; ctx is done when it ends.
+type epoch struct {
+	ctx  context.Context
+	lose context.CancelFunc
+}
+
+func newEpoch() *epoch {
+	ctx, lose := context.WithCancel(context.Background())
+	return &epoch{ctx, lose}
 }
 
 func watchConn(nc *nats.Conn) *connWatch {
 	cw := &connWatch{}
-	cw.epoch, cw.lose = context.WithCancel(context.Background())
+	cw.cur.Store(newEpoch())
 	prev := nc.DisconnectErrHandler()
 	nc.SetDisconnectErrHandler(func(c *nats.Conn, err error) {
-		cw.dropped()
+		cw.cur.Swap(newEpoch()).lose()
 		if prev != nil {
 			prev(c, err)
 		}
@@ -34,15 +43,4 @@ func watchConn(nc *nats.Conn) *connWatch {
 
 // current is done once the connection drops. Take it before checking that
 // the connection is up, so that a drop in between is not missed.
-func (cw *connWatch) current() context.Context {
-	cw.mu.Lock()
-	defer cw.mu.Unlock()
-	return cw.epoch
-}
-
-func (cw *connWatch) dropped() {
-	cw.mu.Lock()
-	defer cw.mu.Unlock()
-	cw.lose()
-	cw.epoch, cw.lose = context.WithCancel(context.Background())
-}
+func (cw *connWatch) current() context.Context { return cw.cur.Load().ctx }
