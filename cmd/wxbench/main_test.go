@@ -44,8 +44,10 @@ func TestQuickRun(t *testing.T) {
 		`(?m)^1 +pipeline: .*dedup on .*× baseline`,
 		`(?m)^1 +pipeline: .*dedup off .*× baseline`,
 		`(?m)^2 +pipeline: 50 clients.*× ideal 500`,
-		`(?m)^3 +worker process, 100 exchanges in flight, dedup on: Go heap.*KiB per exchange`,
-		`(?m)^3 +worker process, 100 exchanges in flight, dedup off: RSS.*KiB per exchange`,
+		`(?m)^3 +worker process, 100 exchanges in flight, HTTP/1.1 upstream, dedup on: Go heap.*KiB per exchange`,
+		`(?m)^3 +worker process, 100 exchanges in flight, HTTP/1.1 upstream, dedup off: RSS.*KiB per exchange.*100 upstream connections opened`,
+		`(?m)^3 +worker process, 100 exchanges in flight, HTTP/2 upstream, dedup on: Go heap.*KiB per exchange`,
+		`(?m)^3 +worker process, 100 exchanges in flight, HTTP/2 upstream, dedup off: RSS.*KiB per exchange.*upstream connections carry them`,
 		`(?m)^4 +pipeline: 4 worker.*× concurrency 10, 80 clients.*× 1 worker`,
 		`(?m)^5 +NATS only: `,
 	} {

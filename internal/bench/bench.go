@@ -37,7 +37,7 @@ type Options struct {
 	CPUProfile string
 	// MemProfile, when set, makes scenario 3's worker write its heap
 	// profile and goroutines, with the exchanges held, to
-	// MemProfile[-nodedup]-worker-heap.pprof and -worker-goroutines.txt.
+	// MemProfile[-h2][-nodedup]-worker-heap.pprof and -worker-goroutines.txt.
 	MemProfile string
 	LogLevel   slog.Level
 	Command    string // how the run was invoked, for the report

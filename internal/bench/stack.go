@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -85,12 +86,22 @@ func serve(h http.Handler, writeTimeout time.Duration, logger *slog.Logger, name
 // serveWith serves srv, which the caller may have adjusted: before it
 // serves, never after.
 func serveWith(srv *http.Server, logger *slog.Logger, name string) (*served, error) {
+	return serveOver(srv, nil, logger, name)
+}
+
+// serveOver is serveWith over HTTPS with cert (HTTP/2 offered, as
+// cmd/fakewx serves with FAKEWX_TLS), or over plain HTTP if cert is nil.
+func serveOver(srv *http.Server, cert *fakewx.TLSCert, logger *slog.Logger, name string) (*served, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("listening for %s: %w", name, err)
 	}
+	url := "http://" + ln.Addr().String()
+	if cert != nil {
+		ln, url = cert.Listener(ln), "https://"+ln.Addr().String()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &served{URL: "http://" + ln.Addr().String(), srv: srv, cancel: cancel, done: make(chan error, 1)}
+	s := &served{URL: url, srv: srv, cancel: cancel, done: make(chan error, 1)}
 	go func() { s.done <- httpserver.Serve(ctx, srv, ln, time.Second, logger.With("server", name)) }()
 	return s, nil
 }
@@ -108,9 +119,27 @@ type upstream struct {
 	*served
 	fake  *fakewx.Server
 	conns atomic.Int64 // connections accepted: pool churn shows here
+	// Over TLS only: the certificate clients must trust, the open
+	// connections that carry calls (HTTP/2: that got the client's
+	// preface), and the connections closed. An HTTP/2 client that finds
+	// its connections at their stream limit dials once per call waiting,
+	// keeps one new connection and closes the others before their first
+	// frame, so conns counts dials and used the connections kept.
+	cert   *fakewx.TLSCert
+	used   atomic.Int64
+	closed atomic.Int64
 }
 
-func startUpstream(latency time.Duration, logger *slog.Logger) (*upstream, error) {
+// settled reports whether every connection still open over TLS carried
+// calls: the spare ones an HTTP/2 client dialled have been closed, so the
+// client's memory no longer holds them.
+func (u *upstream) settled() bool {
+	return u.conns.Load()-u.closed.Load() == u.used.Load()
+}
+
+// startUpstream serves the fake over plain HTTP (HTTP/1.1), or over HTTPS
+// with cert (HTTP/2 offered) if cert is not nil.
+func startUpstream(latency time.Duration, cert *fakewx.TLSCert, logger *slog.Logger) (*upstream, error) {
 	u := &upstream{fake: fakewx.New(fakewx.Config{
 		Apps:    []fakewx.App{benchApp},
 		Latency: latency,
@@ -125,9 +154,28 @@ func startUpstream(latency time.Duration, logger *slog.Logger) (*upstream, error
 			u.conns.Add(1)
 		}
 	}
+	if cert != nil {
+		u.cert = cert
+		var active sync.Map // net.Conn → struct{}
+		srv.ConnState = func(c net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				u.conns.Add(1)
+			case http.StateActive: // HTTP/2: once the client's preface is in
+				if _, seen := active.LoadOrStore(c, struct{}{}); !seen {
+					u.used.Add(1)
+				}
+			case http.StateClosed, http.StateHijacked:
+				u.closed.Add(1)
+				if _, was := active.LoadAndDelete(c); was {
+					u.used.Add(-1) // no longer carries calls
+				}
+			}
+		}
+	}
 	var s *served
 	var err error
-	as("fakewx", func() { s, err = serveWith(srv, logger, "fakewx") })
+	as("fakewx", func() { s, err = serveOver(srv, cert, logger, "fakewx") })
 	if err != nil {
 		return nil, err
 	}
@@ -148,6 +196,12 @@ type stack struct {
 }
 
 func newStack(latency time.Duration, logger *slog.Logger) (*stack, error) {
+	return newStackOver(latency, nil, logger)
+}
+
+// newStackOver is newStack with the fake WeChat served over HTTPS with
+// cert, or over plain HTTP if cert is nil.
+func newStackOver(latency time.Duration, cert *fakewx.TLSCert, logger *slog.Logger) (*stack, error) {
 	dir, err := os.MkdirTemp("", "wxbench-nats-")
 	if err != nil {
 		return nil, fmt.Errorf("making a JetStream store dir: %w", err)
@@ -160,7 +214,7 @@ func newStack(latency time.Duration, logger *slog.Logger) (*stack, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	if s.up, err = startUpstream(latency, logger); err != nil {
+	if s.up, err = startUpstream(latency, cert, logger); err != nil {
 		s.close()
 		return nil, fmt.Errorf("starting the fake WeChat: %w", err)
 	}
