@@ -50,7 +50,7 @@ func FuzzCode2Session(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Cleanup(c.hc.CloseIdleConnections)
+	f.Cleanup(c.tr.CloseIdleConnections)
 
 	for _, s := range []struct {
 		status int

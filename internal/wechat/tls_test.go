@@ -92,7 +92,7 @@ func newTLSClient(t *testing.T, f *tlsFake, opts ...Option) *Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.hc.CloseIdleConnections)
+	t.Cleanup(c.tr.CloseIdleConnections)
 	return c
 }
 
@@ -207,7 +207,7 @@ func TestUntrustedCertificate(t *testing.T) {
 	}
 	for name, c := range map[string]*Client{"system roots": system, "another certificate": wrong} {
 		t.Run(name, func(t *testing.T) {
-			t.Cleanup(c.hc.CloseIdleConnections)
+			t.Cleanup(c.tr.CloseIdleConnections)
 			_, err := call(c, 5*time.Second)
 			e := assertClean(t, err)
 			if e.Kind != protocol.KindUpstream || e.Retry != protocol.RetrySameCode || e.Temporary ||

@@ -114,7 +114,7 @@ func newClient(t *testing.T, baseURL string) *Client {
 	if err != nil {
 		t.Fatalf("New(%q): %v", baseURL, err)
 	}
-	t.Cleanup(c.hc.CloseIdleConnections)
+	t.Cleanup(c.tr.CloseIdleConnections)
 	return c
 }
 
@@ -712,21 +712,15 @@ func TestNew(t *testing.T) {
 
 func TestTransportSettings(t *testing.T) {
 	c := newClient(t, DefaultBaseURL)
-	tr, ok := c.hc.Transport.(*http.Transport)
-	if !ok {
-		t.Fatalf("transport is %T", c.hc.Transport)
-	}
+	tr := c.tr
 	if tr.MaxIdleConnsPerHost < 1024 || tr.MaxIdleConns < 1024 {
 		t.Errorf("MaxIdleConns=%d MaxIdleConnsPerHost=%d, want ≥ 1024", tr.MaxIdleConns, tr.MaxIdleConnsPerHost)
 	}
 	if tr.TLSHandshakeTimeout <= 0 || tr.DialContext == nil || !tr.ForceAttemptHTTP2 || tr.MaxResponseHeaderBytes <= 0 {
 		t.Errorf("transport not tuned: %+v", tr)
 	}
-	if c.hc.Timeout != 0 {
-		t.Error("http.Client.Timeout set: the budget must come from ctx")
-	}
-	if c.hc.CheckRedirect == nil || c.hc.CheckRedirect(nil, nil) != http.ErrUseLastResponse {
-		t.Error("redirects are followed")
+	if tr.TLSClientConfig.RootCAs != nil {
+		t.Error("RootCAs set without the option: want the system's roots")
 	}
 }
 
@@ -776,7 +770,7 @@ func BenchmarkCode2Session(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.hc.CloseIdleConnections()
+	defer c.tr.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	b.ReportAllocs()
@@ -821,5 +815,23 @@ func TestTransportErrorClassification(t *testing.T) {
 				t.Errorf("errors.Is(err, %v) = false", tc.is)
 			}
 		})
+	}
+}
+
+// TestQueryMatchesValuesEncode: the hand-written query string is what
+// url.Values would have encoded, whatever the characters.
+func TestQueryMatchesValuesEncode(t *testing.T) {
+	for _, tc := range [][3]string{
+		{testAppID, testSecret, testCode},
+		{"wx&appid=x", "a b+c/d?e#f%g", "code&secret=evil"},
+		{"", "", ""},
+		{"é", "\x00\n", "🙂"},
+	} {
+		want := url.Values{
+			"appid": {tc[0]}, "secret": {tc[1]}, "js_code": {tc[2]}, "grant_type": {"authorization_code"},
+		}.Encode()
+		if got := query(tc[0], tc[1], tc[2]); got != want {
+			t.Errorf("query(%q) = %q, want %q", tc, got, want)
+		}
 	}
 }
