@@ -3,7 +3,7 @@
 // Every code works once; codes of the form fx-<directive>-… misbehave on
 // purpose (see package internal/fakewx). With FAKEWX_TLS=true it serves
 // HTTPS and offers HTTP/2, as an HTTPS server may, with a self-signed
-// certificate that FAKEWX_CA_OUT writes out for clients to trust.
+// certificate that FAKEWX_CA_OUT writes out for a worker's WX_CA_FILE.
 // Configured from the environment: fakewx -h lists the variables.
 package main
 
@@ -60,7 +60,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 
 	// HTTPS, as WeChat is reached: a fresh certificate each start, whose
-	// PEM clients are given to trust (FAKEWX_CA_OUT).
+	// PEM a worker trusts through WX_CA_FILE (FAKEWX_CA_OUT).
 	cert, err := fakewx.NewTLSCert()
 	if err != nil {
 		return err
@@ -80,7 +80,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // writeFile replaces path with data at once, through a file renamed into
-// place, so that a client watching for it never reads half a certificate.
+// place, so that a worker started on it never reads half a certificate.
 func writeFile(path string, data []byte) error {
 	tmp := path + ".tmp"
 	// A certificate is public; the key never leaves this process.

@@ -16,6 +16,7 @@ import (
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
+	"github.com/wxlogin/wxlogin/internal/wechat"
 )
 
 func main() {
@@ -36,11 +37,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	logger := logging.New(stderr, cfg.Level, cfg.Format)
-	logger.Info("worker starting", "apps", cfg.Apps, "api", cfg.APIBase, "nats", natsconn.Redact(cfg.URL))
+	logger.Info("worker starting", "apps", cfg.Apps, "api", cfg.APIBase, "ca_file", cfg.CAFile, "nats", natsconn.Redact(cfg.URL))
 
 	nc, err := natsconn.Connect(cfg.NATS, "wxlogin-worker", logger)
 	if err != nil {
 		return err
 	}
-	return exchange.Serve(ctx, exchange.ConfigFrom(cfg.Worker, cfg.SubjectPrefix), cfg.APIBase, cfg.MetricsAddr, nc, logger)
+	// WX_CA_FILE's roots, or nil for the system's.
+	roots := wechat.RootCAs(cfg.RootCAs())
+	return exchange.Serve(ctx, exchange.ConfigFrom(cfg.Worker, cfg.SubjectPrefix), cfg.APIBase, cfg.MetricsAddr, nc, logger, roots)
 }

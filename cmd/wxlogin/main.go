@@ -30,6 +30,7 @@ import (
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
+	"github.com/wxlogin/wxlogin/internal/wechat"
 )
 
 func main() {
@@ -100,7 +101,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	})
 	g.Go(func() error {
 		defer stopDemo()
-		return exchange.Serve(workerCtx, wcfg, apiBase, cfg.Worker.MetricsAddr, workerNC, logger)
+		return exchange.Serve(workerCtx, wcfg, apiBase, cfg.Worker.MetricsAddr, workerNC, logger,
+			wechat.RootCAs(cfg.Worker.RootCAs()))
 	})
 	g.Go(func() error {
 		if demo == nil {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -102,12 +104,24 @@ func TestBadSettingStopsAtStart(t *testing.T) {
 	}
 }
 
+func TestBadCAFileStopsAtStart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(path, []byte("TOPSECRET, not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("WX_CA_FILE", path)
+	err := run(context.Background(), nil, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "WX_CA_FILE") || strings.Contains(err.Error(), "TOPSECRET") {
+		t.Fatalf("got %v, want an error naming WX_CA_FILE without the file's content", err)
+	}
+}
+
 func TestHelpListsVariables(t *testing.T) {
 	var out strings.Builder
 	if err := run(context.Background(), []string{"-h"}, &out); err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range []string{"WX_APPS", "NATS_LISTEN", "EDGE_ADDR", "WX_RATE"} {
+	for _, v := range []string{"WX_APPS", "NATS_LISTEN", "EDGE_ADDR", "WX_RATE", "WX_CA_FILE"} {
 		if !strings.Contains(out.String(), v) {
 			t.Errorf("usage lacks %s:\n%s", v, out.String())
 		}

@@ -99,7 +99,8 @@ func holdInFlight(ctx context.Context, e *env, http2, dedup bool) ([]row, error)
 		"-concurrency", strconv.Itoa(n), "-http-timeout", (e.opts.Hold + 15*time.Second).String(),
 		"-log-level", e.opts.LogLevel.String(), "-dedup=" + strconv.FormatBool(dedup)}
 	if cert != nil {
-		// The child trusts the fake's certificate, and only it.
+		// The child trusts the fake's certificate, and only it, as a
+		// worker does given it in WX_CA_FILE.
 		caFile := filepath.Join(st.storeDir, "fakewx-ca.pem")
 		if err := os.WriteFile(caFile, cert.PEM(), 0o644); err != nil {
 			return nil, fmt.Errorf("writing the fake's certificate: %w", err)

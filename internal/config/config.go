@@ -4,6 +4,7 @@
 package config
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -68,7 +69,16 @@ type Worker struct {
 	ResultTTL      time.Duration `envconfig:"WX_RESULT_TTL" default:"5m" desc:"how long an exchange's answer is kept for retries and duplicates"`
 	ClaimTTL       time.Duration `envconfig:"WX_CLAIM_TTL" default:"3s" desc:"how long a worker's claim on a code outlives the worker (min 1s)"`
 	KVReplicas     int           `envconfig:"WORKER_KV_REPLICAS" default:"1" desc:"replicas of the JetStream answers bucket (3 on a 3-node cluster)"`
+	CAFile         string        `envconfig:"WX_CA_FILE" desc:"PEM bundle of the CA certificates to trust for WX_API_BASE instead of the system's (intercepting egress proxy, private gateway); empty: the system's"`
+
+	// roots holds WX_CA_FILE's certificates, read once by validate.
+	roots *x509.CertPool
 }
+
+// RootCAs returns the certificates of WX_CA_FILE, read when the
+// configuration was loaded, or nil when it is empty: then the system's
+// roots apply (wechat.RootCAs treats nil so).
+func (w *Worker) RootCAs() *x509.CertPool { return w.roots }
 
 // EdgeConfig is cmd/edge's configuration.
 type EdgeConfig struct {
@@ -110,7 +120,7 @@ type FakeWXConfig struct {
 	// Over TLS the fake offers HTTP/2, as an HTTPS server may; over plain
 	// HTTP a client holds a connection per call in flight.
 	TLS   bool   `envconfig:"FAKEWX_TLS" default:"false" desc:"serve HTTPS (HTTP/2 and HTTP/1.1) with a self-signed certificate made at start"`
-	CAOut string `envconfig:"FAKEWX_CA_OUT" desc:"with FAKEWX_TLS, write the certificate (PEM) to this path, for clients to trust"`
+	CAOut string `envconfig:"FAKEWX_CA_OUT" desc:"with FAKEWX_TLS, write the certificate (PEM) to this path, for a worker's WX_CA_FILE"`
 }
 
 // Load fills spec from the environment and validates it. Errors name the
@@ -292,6 +302,13 @@ func (w *Worker) validate(appsRequired bool) error {
 		if _, _, err := net.SplitHostPort(w.MetricsAddr); err != nil {
 			errs = append(errs, fmt.Errorf("WORKER_METRICS_ADDR: want [host]:port or empty, got %q", w.MetricsAddr))
 		}
+	}
+	if w.CAFile != "" {
+		roots, err := readRoots(w.CAFile)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		w.roots = roots
 	}
 	return errors.Join(errs...)
 }

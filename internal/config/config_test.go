@@ -5,6 +5,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"os"
@@ -13,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wxlogin/wxlogin/internal/fakewx"
 )
 
 const (
@@ -77,8 +81,9 @@ func TestEnvNamesMatchContract(t *testing.T) {
 		// exactly-once.
 		"NATS_PASSWORD_FILE", "NATS_TOKEN_FILE", "EDGE_CLIENT_RATE", "EDGE_CLIENT_BURST", "EDGE_TRUST_PROXY",
 		"WX_RESULT_TTL", "WX_CLAIM_TTL", "WORKER_KV_REPLICAS", "WORKER_REQUEST_TIMEOUT",
-		// The fake over TLS, for HTTP/2 to the upstream.
-		"FAKEWX_TLS", "FAKEWX_CA_OUT",
+		// The fake over TLS, for HTTP/2 to the upstream, and the roots
+		// that trust it (or an intercepting proxy).
+		"FAKEWX_TLS", "FAKEWX_CA_OUT", "WX_CA_FILE",
 	} {
 		if !names[want] {
 			t.Errorf("no config reads %s", want)
@@ -447,3 +452,87 @@ func TestWantsHelp(t *testing.T) {
 		}
 	}
 }
+
+func TestWXCAFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, parts ...[]byte) string {
+		t.Helper()
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, bytes.Join(parts, nil), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	a, err := fakewx.NewTLSCert()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := fakewx.NewTLSCert()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemBlock := func(typ string, body []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: body}) }
+	// Distinctive content that no error may quote.
+	const marker = "SECRET-cafile-2b7e1c"
+
+	t.Run("bundle", func(t *testing.T) {
+		clearEnv(t)
+		t.Setenv("WX_APPS", "wx1:"+secretA)
+		// Comments between blocks, as in the system's bundles.
+		t.Setenv("WX_CA_FILE", write("bundle.pem", []byte("# first\n"), a.PEM(), []byte("\n# second\n"), b.PEM()))
+		for _, spec := range []interface{ roots() *x509.CertPool }{&WorkerConfig{}, &AllInOneConfig{}} {
+			if err := Load(spec); err != nil {
+				t.Fatalf("%T: %v", spec, err)
+			}
+			pool := spec.roots()
+			if pool == nil {
+				t.Fatalf("%T: no roots", spec)
+			}
+			for _, c := range []*fakewx.TLSCert{a, b} {
+				leaf := c.ServerConfig().Certificates[0].Leaf
+				if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "localhost", Roots: pool}); err != nil {
+					t.Errorf("%T: a certificate of the bundle is not trusted: %v", spec, err)
+				}
+			}
+		}
+	})
+
+	t.Run("unset", func(t *testing.T) {
+		clearEnv(t)
+		t.Setenv("WX_APPS", "wx1:"+secretA)
+		var c WorkerConfig
+		if err := Load(&c); err != nil || c.RootCAs() != nil {
+			t.Errorf("without WX_CA_FILE: %v, roots %v; want the system's (nil)", err, c.RootCAs())
+		}
+	})
+
+	for _, tc := range []struct {
+		name, path, want string
+	}{
+		{"missing", filepath.Join(dir, "missing.pem"), "no such file"},
+		{"directory", dir, "WX_CA_FILE"},
+		{"empty", write("empty.pem"), "holds no PEM certificate"},
+		{"not PEM", write("garbage.pem", []byte(marker+"\nnot a certificate\n")), "holds no PEM certificate"},
+		{"private key", write("key.pem", a.PEM(), pemBlock("EC PRIVATE KEY", []byte(marker))), "block 2 is a private key"},
+		{"other block", write("csr.pem", pemBlock("CERTIFICATE REQUEST", []byte(marker))), "block 1 is not a CERTIFICATE"},
+		{"bad certificate", write("bad.pem", a.PEM(), pemBlock("CERTIFICATE", []byte(marker))), "certificate 2 does not parse"},
+		{"cut short", write("cut.pem", a.PEM(), b.PEM()[:len(b.PEM())/2], []byte(marker)), "block 2 is malformed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clearEnv(t)
+			t.Setenv("WX_APPS", "wx1:"+secretA)
+			t.Setenv("WX_CA_FILE", tc.path)
+			for _, spec := range []any{&WorkerConfig{}, &AllInOneConfig{}} {
+				err := Load(spec)
+				checkErr(t, err, "WX_CA_FILE")
+				if err != nil && !strings.Contains(err.Error(), tc.want) {
+					t.Errorf("%T: error %q does not say %q", spec, err, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// roots lets TestWXCAFile read either config's WX_CA_FILE pool.
+func (c *WorkerConfig) roots() *x509.CertPool   { return c.RootCAs() }
+func (c *AllInOneConfig) roots() *x509.CertPool { return c.RootCAs() }

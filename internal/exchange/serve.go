@@ -41,12 +41,13 @@ func ConfigFrom(cfg config.Worker, subjectPrefix string) Config {
 // WeChat API at apiBase, with its probes on metricsAddr unless empty,
 // until ctx ends and every accepted request has been answered. cmd/worker
 // and the all-in-one binary both run the worker through here. The probes
-// serve /metrics from cfg.Registry (a new one when nil).
-func Serve(ctx context.Context, cfg Config, apiBase, metricsAddr string, nc *nats.Conn, logger *slog.Logger) error {
+// serve /metrics from cfg.Registry (a new one when nil). opts adjust the
+// WeChat client, such as wechat.RootCAs for WX_CA_FILE.
+func Serve(ctx context.Context, cfg Config, apiBase, metricsAddr string, nc *nats.Conn, logger *slog.Logger, opts ...wechat.Option) error {
 	if cfg.Registry == nil && metricsAddr != "" {
 		cfg.Registry = metrics.NewRegistry()
 	}
-	client, err := wechat.New(apiBase, wechat.IdleConns(cfg.Concurrency))
+	client, err := wechat.New(apiBase, append([]wechat.Option{wechat.IdleConns(cfg.Concurrency)}, opts...)...)
 	if err != nil {
 		nc.Close()
 		return fmt.Errorf("WX_API_BASE: %w", err)
