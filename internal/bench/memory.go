@@ -3,7 +3,6 @@ package bench
 import (
 	"bufio"
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/wxlogin/wxlogin/internal/config"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
@@ -289,13 +289,10 @@ func RunChild(ctx context.Context, args []string, stdin io.Reader, stderr io.Wri
 
 	opts := []wechat.Option{wechat.IdleConns(*concurrency)}
 	if *caFile != "" {
-		pem, err := os.ReadFile(*caFile)
+		// Read as a worker reads WX_CA_FILE.
+		pool, err := config.ReadRoots(*caFile)
 		if err != nil {
-			return fmt.Errorf("-ca-file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("-ca-file: %s holds no PEM certificate", *caFile)
+			return err
 		}
 		opts = append(opts, wechat.RootCAs(pool))
 	}

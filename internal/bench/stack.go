@@ -119,13 +119,11 @@ type upstream struct {
 	*served
 	fake  *fakewx.Server
 	conns atomic.Int64 // connections accepted: pool churn shows here
-	// Over TLS only: the certificate clients must trust, the open
-	// connections that carry calls (HTTP/2: that got the client's
+	// Over TLS only: the open connections that carry calls (HTTP/2: that got the client's
 	// preface), and the connections closed. An HTTP/2 client that finds
 	// its connections at their stream limit dials once per call waiting,
 	// keeps one new connection and closes the others before their first
 	// frame, so conns counts dials and used the connections kept.
-	cert   *fakewx.TLSCert
 	used   atomic.Int64
 	closed atomic.Int64
 }
@@ -155,7 +153,6 @@ func startUpstream(latency time.Duration, cert *fakewx.TLSCert, logger *slog.Log
 		}
 	}
 	if cert != nil {
-		u.cert = cert
 		var active sync.Map // net.Conn → struct{}
 		srv.ConnState = func(c net.Conn, st http.ConnState) {
 			switch st {

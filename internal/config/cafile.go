@@ -9,13 +9,13 @@ import (
 	"strings"
 )
 
-// readRoots reads WX_CA_FILE: a PEM bundle of the certificates to trust
+// ReadRoots reads WX_CA_FILE: a PEM bundle of the certificates to trust
 // instead of the system's, as a TLS-intercepting egress proxy or a private
 // gateway in front of WeChat needs. Text between the blocks (a bundle's
 // comments) is skipped; any other block, or one that does not parse, stops
 // the program at start. Errors name the block by position and never quote
 // the file, which might be a key put there by mistake.
-func readRoots(path string) (*x509.CertPool, error) {
+func ReadRoots(path string) (*x509.CertPool, error) {
 	rest, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("WX_CA_FILE: %w", err)

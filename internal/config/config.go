@@ -304,7 +304,7 @@ func (w *Worker) validate(appsRequired bool) error {
 		}
 	}
 	if w.CAFile != "" {
-		roots, err := readRoots(w.CAFile)
+		roots, err := ReadRoots(w.CAFile)
 		if err != nil {
 			errs = append(errs, err)
 		}
