@@ -80,12 +80,7 @@ func (r loadResult) check(what string) error {
 func closedLoop(ctx context.Context, clients int, warmup, dur time.Duration, do doer) loadResult {
 	from := time.Now().Add(warmup)
 	to := from.Add(dur)
-	type clientResult struct {
-		ok, errs int64
-		firstErr error
-		lat      []time.Duration
-	}
-	res := make([]clientResult, clients)
+	res := make([]tally, clients)
 	var wg sync.WaitGroup
 	as("loadgen", func() {
 		for c := range clients {
@@ -103,10 +98,7 @@ func closedLoop(ctx context.Context, clients int, warmup, dur time.Duration, do 
 						continue
 					}
 					if err != nil {
-						r.errs++
-						if r.firstErr == nil {
-							r.firstErr = err
-						}
+						r.fail(err)
 						// A client that failed does not hammer at once; nor
 						// should a broken setup spin the CPU the others need.
 						time.Sleep(10 * time.Millisecond)
@@ -118,13 +110,34 @@ func closedLoop(ctx context.Context, clients int, warmup, dur time.Duration, do 
 			})
 		}
 	})
+	return tallyWindow(ctx, from, to, &wg, res)
+}
+
+// tally is what one client or sender saw in the window.
+type tally struct {
+	ok, errs int64
+	firstErr error
+	lat      []time.Duration
+}
+
+func (t *tally) fail(err error) {
+	t.errs++
+	if t.firstErr == nil {
+		t.firstErr = err
+	}
+}
+
+// tallyWindow reads this process's CPU and allocations and the machine's
+// idle time over the window [from, to], waits for the load's goroutines
+// in wg, and sums their tallies.
+func tallyWindow(ctx context.Context, from, to time.Time, wg *sync.WaitGroup, res []tally) loadResult {
 	sleepUntil(ctx, from)
 	cpu0, allocs0, sys0 := cpuTime(), heapAllocs(), readSysCPU()
 	sleepUntil(ctx, to)
 	cpu1, allocs1, sys1 := cpuTime(), heapAllocs(), readSysCPU()
 	wg.Wait()
 
-	out := loadResult{window: dur, cpu: cpu1 - cpu0, allocs: allocs1 - allocs0, idle: sys1.idleSince(sys0)}
+	out := loadResult{window: to.Sub(from), cpu: cpu1 - cpu0, allocs: allocs1 - allocs0, idle: sys1.idleSince(sys0)}
 	n := 0
 	for i := range res {
 		n += len(res[i].lat)
@@ -142,6 +155,61 @@ func closedLoop(ctx context.Context, clients int, warmup, dur time.Duration, do 
 	}
 	slices.Sort(out.lat)
 	return out
+}
+
+// openLoop sends requests at a fixed rate, whatever the server's
+// speed: at a rate well below what the machine can do, its latencies are
+// what a hop costs a request, not the queueing that a saturated closed
+// loop measures. A request's latency runs from when it was due, not from
+// when a sender got to it, so a stalled server cannot hide its delay
+// (no coordinated omission). senders bounds the requests in flight, as
+// the closed loop's clients do; it must be enough for rate × latency.
+func openLoop(ctx context.Context, rate float64, senders int, warmup, dur time.Duration, do doer) loadResult {
+	start := time.Now()
+	from := start.Add(warmup)
+	to := from.Add(dur)
+	due := make(chan time.Time, senders*4)
+	res := make([]tally, senders)
+	var wg sync.WaitGroup
+	as("loadgen", func() {
+		for c := range senders {
+			wg.Go(func() {
+				r := &res[c]
+				seq := 0
+				for t0 := range due {
+					err := do(ctx, c, seq)
+					seq++
+					t1 := time.Now()
+					if t0.Before(from) || t1.After(to) {
+						continue
+					}
+					if err != nil {
+						r.fail(err)
+						continue
+					}
+					r.ok++
+					r.lat = append(r.lat, t1.Sub(t0))
+				}
+			})
+		}
+		// The pacer sleeps until the next request is due and sends all
+		// that are due by then, each stamped with its own due time.
+		wg.Go(func() {
+			defer close(due)
+			interval := time.Duration(float64(time.Second) / rate)
+			for next := start; next.Before(to); next = next.Add(interval) {
+				if wait := time.Until(next); wait > 0 {
+					sleepUntil(ctx, next)
+				}
+				select {
+				case due <- next:
+				case <-ctx.Done():
+					return
+				}
+			}
+		})
+	})
+	return tallyWindow(ctx, from, to, &wg, res)
 }
 
 func sleepUntil(ctx context.Context, t time.Time) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"runtime/pprof"
 	"slices"
@@ -87,7 +88,8 @@ func scenario1(ctx context.Context, e *env) ([]row, error) {
 		{name: "pipeline: edge+NATS+worker, dedup on", slug: "pipeline-dedup", pipeline: true, dedup: true},
 		{name: "pipeline: edge+NATS+worker, dedup off", slug: "pipeline-nodedup", pipeline: true},
 	}
-	runOne := func(v *variant, profile string) (loadResult, error) {
+	closed := func(do doer) loadResult { return closedLoop(ctx, clients, e.opts.Warmup, e.opts.Duration, do) }
+	runOne := func(v *variant, profile string, load func(doer) loadResult) (loadResult, error) {
 		target := baseURL
 		if v.pipeline {
 			stop, err := st.startWorkers(1, workerConfig(defaultConcurrency, v.dedup))
@@ -119,12 +121,12 @@ func scenario1(ctx context.Context, e *env) ([]row, error) {
 			}
 			defer writeAllocs(strings.TrimSuffix(profile, ".pprof") + "-allocs-after.pprof")
 		}
-		res := closedLoop(ctx, clients, e.opts.Warmup, e.opts.Duration, httpDoer(target, codePrefix(), tr))
+		res := load(httpDoer(target, codePrefix(), tr))
 		return res, res.check(v.name)
 	}
 	for range e.opts.Rounds {
 		for _, v := range vs {
-			res, err := runOne(v, "")
+			res, err := runOne(v, "", closed)
 			if err != nil {
 				return nil, err
 			}
@@ -146,18 +148,46 @@ func scenario1(ctx context.Context, e *env) ([]row, error) {
 	rows := []row{{scenario: "1", what: vs[0].name, res: &base, note: roundsNote(vs[0].runs)}}
 	for _, v := range vs[1:] {
 		m := merge(v.runs)
-		note := fmt.Sprintf("%.2f× baseline; p99 %+.2fms", m.rps()/base.rps(),
-			float64(m.pct(0.99)-base.pct(0.99))/float64(time.Millisecond))
+		note := fmt.Sprintf("%.2f× baseline; p99 %+.2fms", m.rps()/base.rps(), msDiff(m.pct(0.99), base.pct(0.99)))
 		if r := roundsNote(v.runs); r != "" {
 			note += "; " + r
 		}
 		rows = append(rows, row{scenario: "1", what: v.name, res: &m, note: note})
 	}
 
+	// The closed loop keeps the CPUs saturated, so its latencies are
+	// mostly queueing: 64 clients over the rate. What the hops themselves
+	// add to a request shows at a fixed rate the machine handles with
+	// room to spare: a tenth of the baseline's closed-loop rate, the
+	// variants alternating over the same rounds.
+	rate := max(100, math.Round(base.rps()/10/100)*100)
+	fixed := func(do doer) loadResult { return openLoop(ctx, rate, clients, e.opts.Warmup, e.opts.Duration, do) }
+	atRate := make([][]loadResult, len(vs))
+	for range e.opts.Rounds {
+		for i, v := range vs {
+			res, err := runOne(v, "", fixed)
+			if err != nil {
+				return rows, err
+			}
+			atRate[i] = append(atRate[i], res)
+		}
+	}
+	fixedBase := merge(atRate[0])
+	for i, v := range vs {
+		m := merge(atRate[i])
+		what := fmt.Sprintf("%s at a fixed %s req/s", strings.Replace(v.name, ", 64 clients, 0 ms upstream", "", 1), thousands(rate))
+		note := "open loop; latency counts from each request's due time"
+		if i > 0 {
+			note = fmt.Sprintf("p50 %+.2fms, p99 %+.2fms against the baseline at this rate", msDiff(m.pct(0.5), fixedBase.pct(0.5)),
+				msDiff(m.pct(0.99), fixedBase.pct(0.99)))
+		}
+		rows = append(rows, row{scenario: "1f", what: what, res: &m, note: note})
+	}
+
 	if e.opts.CPUProfile != "" {
 		for _, v := range vs {
 			path := e.opts.CPUProfile + "-" + v.slug + ".pprof"
-			res, err := runOne(v, path)
+			res, err := runOne(v, path, closed)
 			if err != nil {
 				return rows, err
 			}
@@ -166,6 +196,9 @@ func scenario1(ctx context.Context, e *env) ([]row, error) {
 	}
 	return rows, nil
 }
+
+// msDiff is a-b in milliseconds.
+func msDiff(a, b time.Duration) float64 { return float64(a-b) / float64(time.Millisecond) }
 
 // writeAllocs writes the allocation profile so far to path.
 func writeAllocs(path string) error {
