@@ -26,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxlogin/wxlogin/internal/bucket"
 	"github.com/wxlogin/wxlogin/internal/config"
 	"github.com/wxlogin/wxlogin/internal/edge"
 	"github.com/wxlogin/wxlogin/internal/exchange"
@@ -253,9 +254,9 @@ func TestWorkerUser(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, bucket := range []string{"wxlogin_results", "wxlogin_ratelimit"} {
-		testbed.Eventually(t, 10*time.Second, "bucket "+bucket, func() bool {
-			_, err := js.KeyValue(ctx, bucket)
+	for _, name := range []string{"wxlogin_results", "wxlogin_ratelimit"} {
+		testbed.Eventually(t, 10*time.Second, "bucket "+name, func() bool {
+			_, err := js.KeyValue(ctx, name)
 			return err == nil
 		})
 	}
@@ -265,9 +266,9 @@ func TestWorkerUser(t *testing.T) {
 
 	// Every key-value operation the worker makes, by hand: create with a
 	// per-key TTL, read, put (synchronous and asynchronous), delete.
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := bucket.OpenWithKeyTTLs(ctx, wc.Conn, jetstream.KeyValueConfig{
 		Bucket: "wxlogin_results", History: 1, TTL: 5 * time.Minute,
-		Storage: jetstream.MemoryStorage, LimitMarkerTTL: time.Second,
+		Storage: jetstream.MemoryStorage,
 	})
 	if err != nil {
 		t.Fatalf("opening the results bucket as the worker: %v", err)

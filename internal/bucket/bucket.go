@@ -42,3 +42,36 @@ func Open(ctx context.Context, nc *nats.Conn, cfg jetstream.KeyValueConfig) (jet
 	}
 	return kv, nil
 }
+
+// OpenWithKeyTTLs is Open for a bucket whose keys may carry a TTL of their
+// own (jetstream.KeyTTL). nats.go allows those only together with limit
+// markers (LimitMarkerTTL), and a marker is one more stored message for
+// every key that expires by the bucket's TTL: for the answers bucket a
+// third write per code, kept for watchers that this service does not
+// have. So the bucket is made without markers and its stream then allows
+// per-message TTLs; a bucket made with markers (by an older version) is
+// changed to go without.
+func OpenWithKeyTTLs(ctx context.Context, nc *nats.Conn, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	cfg.LimitMarkerTTL = 0
+	kv, err := Open(ctx, nc, cfg)
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	st, err := js.Stream(ctx, "KV_"+cfg.Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("reading kv bucket %s: %w", cfg.Bucket, err)
+	}
+	sc := st.CachedInfo().Config
+	if sc.AllowMsgTTL && sc.SubjectDeleteMarkerTTL == 0 {
+		return kv, nil
+	}
+	sc.AllowMsgTTL, sc.SubjectDeleteMarkerTTL = true, 0
+	if _, err := js.UpdateStream(ctx, sc); err != nil {
+		return nil, fmt.Errorf("allowing per-key TTLs in kv bucket %s: %w", cfg.Bucket, err)
+	}
+	return kv, nil
+}

@@ -128,16 +128,15 @@ func BucketName(subjectPrefix string) string { return bucket.Name(subjectPrefix,
 // cross-worker de-duplication on. It returns bucket.ErrNoJetStream when
 // the server has no JetStream.
 func (s *Store) Bind(ctx context.Context, nc *nats.Conn) error {
-	kv, err := bucket.Open(ctx, nc, jetstream.KeyValueConfig{
+	kv, err := bucket.OpenWithKeyTTLs(ctx, nc, jetstream.KeyValueConfig{
 		Bucket:      s.opts.Bucket,
 		Description: "wxlogin: answers of recent code exchanges, keyed by HMAC(appid, code)",
 		TTL:         s.opts.ResultTTL,
 		History:     1,
 		// Answers are worth minutes; memory storage keeps the claim off
 		// the disk's latency. Replicas keep them across a node's loss.
-		Storage:        jetstream.MemoryStorage,
-		Replicas:       s.opts.Replicas,
-		LimitMarkerTTL: time.Second,
+		Storage:  jetstream.MemoryStorage,
+		Replicas: s.opts.Replicas,
 	})
 	if err != nil {
 		return err
