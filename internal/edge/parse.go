@@ -122,7 +122,9 @@ func parseBody(contentType string, body []byte) (protocol.Request, *protocol.Err
 
 // parseJSON reads {"code":C,"appid":A}. wx.request sends a string body as
 // is, even labelled application/json, so a JSON string or a bare code is
-// taken as the code too (one of the seed clients does exactly that).
+// taken as the code too (one of the seed clients does exactly that). The
+// JSON values that cannot be a code (arrays, null, true, false) are
+// refused.
 func parseJSON(body []byte) (protocol.Request, *protocol.Error) {
 	var req protocol.Request
 	trimmed := trimASCIISpace(body)
@@ -149,7 +151,14 @@ func parseJSON(body []byte) (protocol.Request, *protocol.Error) {
 		if err := json.Unmarshal(trimmed, &req.Code); err != nil {
 			return req, protocol.New(protocol.KindBadRequest, "body is not a JSON string")
 		}
+	case '[':
+		// No code starts with a bracket; a bare one would only cost a
+		// call to WeChat to learn it is invalid.
+		return req, protocol.New(protocol.KindBadRequest, "body is a JSON array: %s", shapes)
 	default:
+		if lit := string(trimmed); lit == "null" || lit == "true" || lit == "false" {
+			return req, protocol.New(protocol.KindBadRequest, "body is JSON %s, not a code: %s", lit, shapes)
+		}
 		req.Code = string(trimmed)
 	}
 	return req, nil
