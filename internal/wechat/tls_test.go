@@ -2,6 +2,7 @@ package wechat
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log"
@@ -44,6 +45,14 @@ func (f *tlsFake) usedConns() int {
 // concurrent HTTP/2 streams per connection (Go's default is 250).
 func newTLSFake(t *testing.T, maxStreams int, h func(fake http.Handler) http.Handler) *tlsFake {
 	t.Helper()
+	return newTLSFakeOffering(t, []string{"h2", "http/1.1"}, maxStreams, h, nil)
+}
+
+// newTLSFakeOffering is newTLSFake offering only the protocols in alpn,
+// accepting connections through wrap(listener) if wrap is not nil.
+func newTLSFakeOffering(t *testing.T, alpn []string, maxStreams int, h func(fake http.Handler) http.Handler,
+	wrap func(net.Listener) net.Listener) *tlsFake {
+	t.Helper()
 	cert, err := fakewx.NewTLSCert()
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +83,12 @@ func newTLSFake(t *testing.T, maxStreams int, h func(fake http.Handler) http.Han
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(cert.Listener(ln)) }()
+	cfg := cert.ServerConfig()
+	cfg.NextProtos = alpn
+	if wrap != nil {
+		ln = wrap(ln)
+	}
+	go func() { done <- srv.Serve(tls.NewListener(ln, cfg)) }()
 	t.Cleanup(func() {
 		srv.Close()
 		if err := <-done; !errors.Is(err, http.ErrServerClosed) {
@@ -221,5 +235,133 @@ func TestUntrustedCertificate(t *testing.T) {
 	}
 	if n := f.fake.TotalCalls(); n != 0 {
 		t.Errorf("%d requests reached the fake over an untrusted connection", n)
+	}
+}
+
+func TestHTTP2BurstDialsFewConnections(t *testing.T) {
+	t.Parallel()
+	// A burst on a client with no connection yet: every call finds no
+	// stream free until connections come up, and without the dial gate
+	// each would start a handshake of its own (some n of them).
+	const n, streams = 400, 20
+	f := newTLSFake(t, streams, holdUntil(n))
+	c := newTLSClient(t, f)
+	callsInFlight(t, c, n)
+
+	if h1, h2 := f.fake.CallsByProtocol(); h1 != 0 || h2 != n {
+		t.Errorf("calls by protocol: HTTP/1.x %d, HTTP/2 %d; want 0, %d", h1, h2, n)
+	}
+	used, dialled := f.usedConns(), f.newConns.Load()
+	t.Logf("%d calls in flight, %d streams per connection: %d connections used, %d opened", n, streams, used, dialled)
+	// A connection that comes up while another still has streams free is
+	// closed unused: with MaxHTTP2Dials under way, up to that many per
+	// connection used (about 2 in practice).
+	if limit := int64(2 * MaxHTTP2Dials * used); dialled > limit {
+		t.Errorf("%d calls opened %d connections to use %d, want at most %d", n, dialled, used, limit)
+	}
+}
+
+func TestHTTP1OverTLSDialsPerCall(t *testing.T) {
+	t.Parallel()
+	// Over HTTP/1.1 each call in flight needs a connection of its own,
+	// and a burst must not wait for them to be set up a few at a time:
+	// the fake holds every handshake after the first connection's until
+	// all the connections the calls need have been accepted, and every
+	// call until all n have arrived.
+	const n = 100
+	for name, alpn := range map[string][]string{"ALPN http/1.1": {"http/1.1"}, "no ALPN": nil} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f := newTLSFakeOffering(t, alpn, 0, holdUntil(n), func(ln net.Listener) net.Listener {
+				return &handshakesTogether{Listener: ln, n: n, all: make(chan struct{})}
+			})
+			c := newTLSClient(t, f)
+			// The first call tells the client that the server speaks
+			// HTTP/1.1; its connection, idle again, carries one of the n.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if _, err := c.Code2Session(ctx, testAppID, testSecret, testCode); err != nil {
+				t.Fatal(err)
+			}
+			callsInFlight(t, c, n)
+
+			if h1, h2 := f.fake.CallsByProtocol(); h1 != n+1 || h2 != 0 {
+				t.Errorf("calls by protocol: HTTP/1.x %d, HTTP/2 %d; want %d, 0", h1, h2, n+1)
+			}
+			if used := f.usedConns(); used != n {
+				t.Errorf("%d calls in flight over HTTP/1.1 used %d connections, want %d", n, used, n)
+			}
+		})
+	}
+}
+
+// handshakesTogether accepts connections whose first read (the TLS
+// handshake's) waits, from the second connection on, until n connections
+// have been accepted.
+type handshakesTogether struct {
+	net.Listener
+	n        int64
+	accepted atomic.Int64
+	all      chan struct{}
+}
+
+func (l *handshakesTogether) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	switch k := l.accepted.Add(1); {
+	case k == 1:
+		return c, nil
+	case k == l.n:
+		close(l.all)
+	}
+	return &heldConn{Conn: c, all: l.all}, nil
+}
+
+type heldConn struct {
+	net.Conn
+	all  chan struct{}
+	once sync.Once
+}
+
+func (c *heldConn) Read(p []byte) (int, error) {
+	c.once.Do(func() {
+		select {
+		case <-c.all:
+		case <-time.After(20 * time.Second): // the test fails on its own
+		}
+	})
+	return c.Conn.Read(p)
+}
+
+func TestBurstSharesDialError(t *testing.T) {
+	t.Parallel()
+	// Calls that wait while a dial fails get its error rather than
+	// waiting on, and it is classified as the dial's own would be.
+	f := newTLSFake(t, 0, nil)
+	other, err := fakewx.NewTLSCert()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newTLSClient(t, f, RootCAs(other.CertPool()))
+	const n = 50
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			_, err := call(c, 10*time.Second)
+			e := assertClean(t, err)
+			if e.Message != "could not verify WeChat's TLS certificate" || e.Temporary {
+				t.Errorf("got %v (temporary %v)", e, e.Temporary)
+			}
+		})
+	}
+	wg.Wait()
+	if n := f.fake.TotalCalls(); n != 0 {
+		t.Errorf("%d requests reached the fake over an untrusted connection", n)
+	}
+	// Without the dial gate, each call makes a handshake of its own.
+	if hs := f.newConns.Load(); hs > n/2 {
+		t.Errorf("%d calls made %d handshakes, want the waiting calls to share one's outcome", n, hs)
 	}
 }

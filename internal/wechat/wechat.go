@@ -191,7 +191,8 @@ func RootCAs(pool *x509.CertPool) Option {
 // stack frames that every exchange in flight holds while it waits.
 func newTransport(o options) *http.Transport {
 	dialer := &net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}
-	return &http.Transport{
+	gate := new(dialGate)
+	tr := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
 		DialContext:         dialer.DialContext,
 		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: o.roots},
@@ -217,6 +218,12 @@ func newTransport(o options) *http.Transport {
 			PingTimeout:     10 * time.Second,
 		},
 	}
+	// Used for https without a proxy; through a proxy, net/http dials the
+	// proxy with DialContext and sets up TLS itself, ungated.
+	tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return gate.dialTLS(ctx, tr, dialer, network, addr)
+	}
+	return tr
 }
 
 // answer is code2Session's JSON. A missing errcode decodes as 0.
@@ -265,6 +272,11 @@ func (c *Client) Code2Session(ctx context.Context, appid, secret, code string) (
 	req.URL.RawQuery = query(appid, secret, code)
 
 	resp, err := c.tr.RoundTrip(req)
+	for errors.Is(err, errDialSkipped) && ctx.Err() == nil {
+		// Nothing was sent: a connection came up while this call
+		// waited to dial one (see dialGate).
+		resp, err = c.tr.RoundTrip(req)
+	}
 	if err != nil {
 		return Session{}, transportError(ctx, err, secret, code)
 	}
