@@ -200,11 +200,16 @@ func newTransport(o options) *http.Transport {
 		ForceAttemptHTTP2:   true, // needed since DialContext and TLSClientConfig are custom
 		MaxIdleConns:        o.idle,
 		MaxIdleConnsPerHost: o.idle,
-		// Requests are one short GET and answers about 300 bytes: the
-		// default 4 KiB buffers per connection would be most of a busy
-		// worker's memory per exchange.
-		ReadBufferSize:        2 << 10,
-		WriteBufferSize:       2 << 10,
+		// HTTP/1.1 keeps both buffers for each connection, that is for
+		// each exchange in flight. A request is one GET of about 300
+		// bytes (600 with the longest code, all escaped) and an answer
+		// about 300 bytes with its headers: these hold a typical one
+		// whole, and a longer one is written or read in several pieces.
+		// The default 4 KiB each would be most of a busy worker's
+		// memory per exchange. (HTTP/2 has buffers of its own per
+		// connection.)
+		ReadBufferSize:        1 << 10,
+		WriteBufferSize:       512,
 		IdleConnTimeout:       IdleConnTimeout,
 		ExpectContinueTimeout: time.Second,
 		// A hostile or broken peer must not make us buffer megabytes of

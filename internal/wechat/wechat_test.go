@@ -333,6 +333,36 @@ func TestCode2SessionSuccess(t *testing.T) {
 	}
 }
 
+func TestLongRequestAndAnswer(t *testing.T) {
+	// The longest code, every byte escaped, makes a request line larger
+	// than the transport's write buffer, and a header line longer than
+	// its read buffer: both must still go through whole.
+	code := strings.Repeat("/", protocol.MaxTokenLen)
+	long := strings.Repeat("h", 8<<10)
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Long", long)
+		reply(`{"openid":"o1","session_key":"k","pad":"`+strings.Repeat("p", 4<<10)+`"}`)(w, r)
+	})
+	c := newClient(t, f.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for range 2 { // the second on the same connection
+		s, err := c.Code2Session(ctx, testAppID, testSecret, code)
+		if err != nil {
+			t.Fatalf("Code2Session: %v", err)
+		}
+		if s.OpenID != "o1" {
+			t.Errorf("openid %q, want o1", s.OpenID)
+		}
+		if got := f.query.Load().Get("js_code"); got != code {
+			t.Errorf("server saw js_code %q, want %q", got, code)
+		}
+	}
+	if n := f.newConns.Load(); n != 1 {
+		t.Errorf("%d connections, want 1", n)
+	}
+}
+
 func TestCode2SessionInjection(t *testing.T) {
 	code := "abc&secret=x&appid=y#frag ü 空格+%20=;/?"
 	f := newFake(t, reply(`{"openid":"o1","session_key":"k"}`))
