@@ -192,13 +192,13 @@ func openLoop(ctx context.Context, rate float64, senders int, warmup, dur time.D
 				}
 			})
 		}
-		// The pacer sleeps until the next request is due and sends all
-		// that are due by then, each stamped with its own due time.
+		// The pacer hands out each request when it is due, stamped with
+		// that time; if the senders fall behind, the stamps do not.
 		wg.Go(func() {
 			defer close(due)
 			interval := time.Duration(float64(time.Second) / rate)
 			for next := start; next.Before(to); next = next.Add(interval) {
-				if wait := time.Until(next); wait > 0 {
+				if time.Until(next) > 0 {
 					sleepUntil(ctx, next)
 				}
 				select {
