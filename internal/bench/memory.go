@@ -107,6 +107,12 @@ func holdInFlight(ctx context.Context, e *env, http2, dedup bool) ([]row, error)
 		}
 		args = append(args, "-ca-file", caFile)
 	}
+	if e.opts.MemProfile != "" {
+		// The default rate samples one allocation per 512 KiB: a few
+		// dozen samples for the held exchanges, too few to tell their
+		// parts apart.
+		args = append(args, "-memprofile-rate", "512")
+	}
 	cmd := exec.CommandContext(cctx, exe, args...)
 	cmd.Stdout, cmd.Stderr = e.stderr, e.stderr
 	// The child ends when this pipe closes, so it cannot outlive us even
@@ -271,8 +277,12 @@ func RunChild(ctx context.Context, args []string, stdin io.Reader, stderr io.Wri
 	level := fs.String("log-level", "WARN", "log level")
 	dedup := fs.Bool("dedup", true, "de-duplicate (off: exchange.Config.NoDedup)")
 	caFile := fs.String("ca-file", "", "PEM certificates to trust instead of the system's roots (wechat.RootCAs)")
+	profileRate := fs.Int("memprofile-rate", 0, "runtime.MemProfileRate; 0 keeps the default")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *profileRate > 0 {
+		runtime.MemProfileRate = *profileRate
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
