@@ -80,9 +80,6 @@ func (s Source) String() string {
 	return "unknown"
 }
 
-// Exchange runs the real exchange; dedup calls it at most once per key.
-type Exchange func(ctx context.Context) (protocol.Result, *protocol.Error)
-
 // Store de-duplicates exchanges. Until Bind succeeds it works per worker.
 type Store struct {
 	opts  Options
@@ -186,34 +183,76 @@ func (k *Keyer) Key(code string) string {
 	return string(out[:])
 }
 
-// Do returns the answer for key, running exchange only if no other
-// request, on this worker or another, has run or is running it. The first
-// caller on this worker runs it in its own goroutine (no goroutine per
-// exchange); later callers wait for its answer within their own deadlines.
-func (s *Store) Do(ctx context.Context, key string, exchange Exchange) (protocol.Result, *protocol.Error, Source) {
+// Lead is a caller's turn to run the exchange for a key: Begin returns
+// one when nobody, on this worker or another, has the answer or is
+// getting it. The caller calls WeChat and then End, exactly once.
+// Begin and End are two calls rather than one taking the exchange as a
+// function so that the exchange may continue on another goroutine (the
+// worker calls WeChat from a goroutine of its own, see package exchange).
+type Lead struct {
+	s   *Store
+	key string
+	f   *flight
+	kv  jetstream.KeyValue // nil: not claimed in the store (per worker only)
+	rev uint64             // our claim's revision, with kv
+}
+
+// Begin returns the answer for key if another request, on this worker or
+// another, has it or is getting it; it waits for a running exchange
+// within ctx. Otherwise it returns a Lead, and the caller runs the
+// exchange. Later callers on this worker wait for the Lead's End.
+func (s *Store) Begin(ctx context.Context, key string) (*Lead, protocol.Result, *protocol.Error, Source) {
 	if a, ok := s.cache.get(key); ok {
-		return a.result(FromCache)
+		res, e, src := a.result(FromCache)
+		return nil, res, e, src
 	}
 	s.mu.Lock()
 	if f, ok := s.flight[key]; ok {
 		s.mu.Unlock()
 		select {
 		case <-f.done:
-			return f.answered.answer.result(FromFlight)
+			res, e, src := f.answered.answer.result(FromFlight)
+			return nil, res, e, src
 		case <-ctx.Done():
-			return protocol.Result{}, protocol.New(protocol.KindTimeout, "waiting for a duplicate request's answer took past the deadline"), FromFlight
+			return nil, protocol.Result{}, protocol.New(protocol.KindTimeout, "waiting for a duplicate request's answer took past the deadline"), FromFlight
 		}
 	}
 	f := &flight{done: make(chan struct{})}
 	s.flight[key] = f
 	s.mu.Unlock()
 
-	f.answered = s.lead(ctx, key, exchange)
-	s.mu.Lock()
-	delete(s.flight, key)
-	s.mu.Unlock()
-	close(f.done)
-	return f.answered.answer.result(f.answered.source)
+	l := &Lead{s: s, key: key, f: f}
+	if a, found := s.lead(ctx, l); found {
+		l.land(answered{a, FromStore})
+		res, e, src := a.result(FromStore)
+		return nil, res, e, src
+	}
+	return l, protocol.Result{}, nil, FromUpstream
+}
+
+// End records the exchange's answer: for the duplicates waiting on this
+// worker, in this worker's cache, and in the store. It returns the answer
+// to give, which is the stored one when ours says the code was used and
+// another worker has the answer.
+func (l *Lead) End(ctx context.Context, res protocol.Result, e *protocol.Error) (protocol.Result, *protocol.Error) {
+	a := answer{Result: res, Err: e}
+	if l.kv != nil {
+		a = l.s.claimed(ctx, l.kv, l.key, l.rev, a)
+	} else if a.final() {
+		l.s.cache.put(l.key, a)
+	}
+	l.land(answered{a, FromUpstream})
+	res, e, _ = a.result(FromUpstream)
+	return res, e
+}
+
+// land gives the flight its answer and ends it.
+func (l *Lead) land(a answered) {
+	l.f.answered = a
+	l.s.mu.Lock()
+	delete(l.s.flight, l.key)
+	l.s.mu.Unlock()
+	close(l.f.done)
 }
 
 // flight is an exchange in progress on this worker; answered is written
@@ -228,43 +267,39 @@ type answered struct {
 	source Source
 }
 
-// lead runs once per key per worker at a time.
-func (s *Store) lead(ctx context.Context, key string, exchange Exchange) answered {
+// lead runs once per key per worker at a time. It either finds the
+// answer in the store (found; an error answer if waiting for it failed)
+// or leaves l to run the exchange, under a claim in the store (l.kv set)
+// or, without one, per worker.
+func (s *Store) lead(ctx context.Context, l *Lead) (a answer, found bool) {
 	kvp := s.kv.Load()
 	if kvp == nil {
-		a := run(ctx, exchange)
-		if a.final() {
-			s.cache.put(key, a)
-		}
-		return answered{a, FromUpstream}
+		return answer{}, false
 	}
 	kv := *kvp
 	for {
-		rev, err := s.claim(ctx, kv, key)
+		rev, err := s.claim(ctx, kv, l.key)
 		switch {
 		case err == nil:
-			return answered{s.claimed(ctx, kv, key, rev, exchange), FromUpstream}
+			l.kv, l.rev = kv, rev
+			return answer{}, false
 		case errors.Is(err, jetstream.ErrKeyExists):
-			a, found, err := s.await(ctx, kv, key)
+			a, found, err := s.await(ctx, kv, l.key)
 			if found {
-				s.cache.put(key, a)
-				return answered{a, FromStore}
+				s.cache.put(l.key, a)
+				return a, true
 			}
 			if err != nil {
-				return answered{answer{Err: deadline(err)}, FromStore}
+				return answer{Err: deadline(err)}, true
 			}
 			// The claim went away without an answer: claim it ourselves.
 		default:
 			if ctx.Err() != nil {
-				return answered{answer{Err: deadline(err)}, FromStore}
+				return answer{Err: deadline(err)}, true
 			}
 			// The store is unreachable: serve rather than fail, per worker.
 			s.degraded("claiming a code failed; de-duplicating on this worker only", err)
-			a := run(ctx, exchange)
-			if a.final() {
-				s.cache.put(key, a)
-			}
-			return answered{a, FromUpstream}
+			return answer{}, false
 		}
 	}
 }
@@ -307,9 +342,9 @@ func ackSequence(ack []byte) (uint64, bool) {
 	return seq, err == nil && seq > 0
 }
 
-// claimed runs the exchange under our claim and publishes the answer.
-func (s *Store) claimed(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64, exchange Exchange) answer {
-	a := run(ctx, exchange)
+// claimed stores the answer of the exchange run under our claim, and
+// returns the answer to give.
+func (s *Store) claimed(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64, a answer) answer {
 	if a.Err != nil && a.Err.Kind == protocol.KindCodeUsed {
 		// Our claim may have expired during a long exchange and another
 		// worker may have used the code and stored its answer.
@@ -373,11 +408,6 @@ func (s *Store) degraded(what string, err error) {
 	if s.warn.Allow() {
 		s.log.Warn(what, logging.Err(err))
 	}
-}
-
-func run(ctx context.Context, exchange Exchange) answer {
-	res, e := exchange(ctx)
-	return answer{Result: res, Err: e}
 }
 
 func deadline(err error) *protocol.Error {

@@ -32,11 +32,12 @@ func TestExpiredAnswersLeaveNoMarkers(t *testing.T) {
 	}
 	const codes = 3
 	for i := range codes {
-		_, e, src := s.Do(ctx, "k"+strconv.Itoa(i), func(context.Context) (protocol.Result, *protocol.Error) {
-			return protocol.Result{OpenID: "o"}, nil
-		})
-		if e != nil || src != FromUpstream {
-			t.Fatalf("exchange %d: %v from %s", i, e, src)
+		lead, _, e, src := s.Begin(ctx, "k"+strconv.Itoa(i))
+		if lead == nil {
+			t.Fatalf("exchange %d: answered without running (%v from %s)", i, e, src)
+		}
+		if _, e := lead.End(ctx, protocol.Result{OpenID: "o"}, nil); e != nil {
+			t.Fatalf("exchange %d: %v", i, e)
 		}
 	}
 	js, err := jetstream.New(nc)

@@ -123,27 +123,6 @@ func New(cfg Config, upstream *wechat.Client, logger *slog.Logger) (*Worker, err
 	return w, nil
 }
 
-// Exchange turns one code into an openid. ctx's deadline is the
-// requester's: nothing waits or retries past it. The error is always a
-// *protocol.Error.
-func (w *Worker) Exchange(ctx context.Context, req protocol.Request) (protocol.Result, error) {
-	w.stats.inFlight.Add(1)
-	w.stats.m.InFlight(1)
-	defer func() {
-		w.stats.inFlight.Add(-1)
-		w.stats.m.InFlight(-1)
-	}()
-	start := time.Now()
-	res, o := w.exchange(ctx, req)
-	o.latency = time.Since(start)
-	w.stats.record(o)
-	w.logOutcome(req, o)
-	if o.err != nil {
-		return protocol.Result{}, o.err
-	}
-	return res, nil
-}
-
 // outcome is what one exchange did, for the log line and the stats.
 type outcome struct {
 	appid    string
@@ -156,122 +135,183 @@ type outcome struct {
 	err      *protocol.Error
 }
 
-func (w *Worker) exchange(ctx context.Context, req protocol.Request) (protocol.Result, outcome) {
-	o := outcome{appid: req.AppID}
+// app resolves the app a request is for: its appid (the only one
+// configured when the request names none) and secret.
+func (w *Worker) app(req protocol.Request) (appid, secret string, e *protocol.Error) {
 	if e := req.Validate(); e != nil {
-		o.err = e
-		return protocol.Result{}, o
+		return req.AppID, "", e
 	}
-	appid := req.AppID
+	appid = req.AppID
 	if appid == "" {
 		if w.onlyApp == "" {
-			o.err = protocol.New(protocol.KindAppIDRequired, "several apps are configured: name one with appid")
-			return protocol.Result{}, o
+			return "", "", protocol.New(protocol.KindAppIDRequired, "several apps are configured: name one with appid")
 		}
 		appid = w.onlyApp
 	}
-	o.appid = appid
 	secret, ok := w.cfg.Apps[appid]
 	if !ok {
-		o.err = protocol.New(protocol.KindUnknownApp, "this service does not serve appid %q", appid)
-		return protocol.Result{}, o
+		return appid, "", protocol.New(protocol.KindUnknownApp, "this service does not serve appid %q", appid)
 	}
+	return appid, secret, nil
+}
+
+// begin starts the exchange proper, once the job holds a slot: it checks
+// the request and asks de-duplication for the answer. It reports whether
+// WeChat must be called (call); if not, the job has been answered.
+func (j *job) begin() bool {
+	w := j.w
+	w.stats.inFlight.Add(1)
+	w.stats.m.InFlight(1)
+	j.start = time.Now()
+	appid, secret, e := w.app(j.req)
+	j.o.appid = appid
+	if e != nil {
+		j.o.err = e
+		j.finish(protocol.Result{})
+		return false
+	}
+	j.secret = secret
 	if w.dedup == nil {
-		return w.upstream(ctx, appid, secret, req.Code, &o), o
+		return true
 	}
-	// up is written by the exchange function; Do runs it in this
-	// goroutine, and says FromUpstream only when it did.
-	up := outcome{appid: appid}
-	res, e, src := w.dedup.Do(ctx, w.keys[appid].Key(req.Code), func(ctx context.Context) (protocol.Result, *protocol.Error) {
-		res := w.upstream(ctx, appid, secret, req.Code, &up)
-		return res, up.err
-	})
-	if src == dedup.FromUpstream {
-		o = up
+	lead, res, e, src := w.dedup.Begin(j.ctx, w.keys[appid].Key(j.req.Code))
+	if lead == nil {
+		j.o.source, j.o.err = src, e
+		w.stats.dedupHit(src)
+		j.finish(res)
+		return false
 	}
-	o.source, o.err = src, e
-	w.stats.dedupHit(src)
-	return res, o
+	j.lead = lead
+	return true
 }
 
-// upstream is the exchange proper: rate limit, call, retry. What it did
-// goes into o.
-func (w *Worker) upstream(ctx context.Context, appid, secret, code string, o *outcome) protocol.Result {
-	s, err := w.withRetries(ctx, appid, secret, code, o)
-	if err != nil {
-		o.err = err
-		return protocol.Result{}
-	}
-	o.rid = s.RID
-	return protocol.Result{OpenID: s.OpenID, UnionID: s.UnionID}
-}
-
-// withRetries calls WeChat until an answer is final, attempts run out, or
-// the deadline would be passed.
-func (w *Worker) withRetries(ctx context.Context, appid, secret, code string, o *outcome) (wechat.Session, *protocol.Error) {
-	ambiguous := false // an earlier attempt may have consumed the code
+// call is the job's second half: it calls WeChat until an answer is
+// final, attempts run out, or the deadline would be passed, and answers.
+// Its frame is on the stack of every exchange waiting for WeChat, so it
+// keeps few locals and leaves the work around each attempt to the
+// methods it calls, which are not on the stack while WeChat is asked.
+func (j *job) call() {
 	for {
-		waitStart := time.Now()
-		if e := w.limit.Wait(ctx, appid); e != nil {
-			if e.Kind == protocol.KindRateLimited {
-				w.stats.rateLimited.Add(1)
-				w.stats.m.RateWait(appid, 0, true)
-			}
-			return wechat.Session{}, e
+		if e := j.beforeAttempt(); e != nil {
+			j.called(wechat.Session{}, e)
+			return
 		}
-		if w.cfg.Rate > 0 {
-			w.stats.m.RateWait(appid, time.Since(waitStart).Seconds(), false)
-		}
-		o.attempts++
-		w.stats.upstreamCalls.Add(1)
-		callStart := time.Now()
-		s, err := w.attempt(ctx, appid, secret, code)
+		ctx, cancel := j.attemptContext()
+		s, err := j.w.wx.Code2Session(ctx, j.o.appid, j.secret, j.req.Code)
+		cancel()
 		if err == nil {
-			w.stats.m.Attempt(appid, 0, false, time.Since(callStart).Seconds())
-			w.limit.Feedback(ctx, appid, 0)
-			return s, nil
+			j.succeeded()
+			j.called(s, nil)
+			return
 		}
-		e := protocol.As(err)
-		w.stats.m.Attempt(appid, e.WxErrcode, e.WxErrcode == 0, time.Since(callStart).Seconds())
-		w.stats.upstreamError(e.WxErrcode)
-		w.limit.Feedback(ctx, appid, e.WxErrcode)
-		if ctx.Err() != nil {
-			return wechat.Session{}, deadlineError(ctx, e)
-		}
-		if e.Kind == protocol.KindCodeUsed && ambiguous {
-			// WeChat does not say whether a busy or timed-out attempt
-			// consumed the code; this one says an earlier one did.
-			o.lost = true
-			e.Message = "the code was consumed by an earlier attempt whose answer was lost; get a new code"
-			return wechat.Session{}, e
-		}
-		if !e.Temporary || o.attempts >= w.cfg.MaxAttempts {
-			return wechat.Session{}, final(e)
-		}
-		ambiguous = ambiguous || e.Kind != protocol.KindRateLimited
-		pause := w.backoff(o.attempts, e)
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < pause+minAttempt {
-			return wechat.Session{}, final(e)
-		}
-		o.retries++
-		w.stats.retries.Add(1)
-		w.stats.m.Retry(appid)
-		if !sleep(ctx, pause) {
-			return wechat.Session{}, deadlineError(ctx, e)
+		if e, again := j.failed(err); !again {
+			j.called(wechat.Session{}, e)
+			return
 		}
 	}
 }
 
-// attempt is one call to WeChat, within WX_HTTP_TIMEOUT and ctx.
-func (w *Worker) attempt(ctx context.Context, appid, secret, code string) (wechat.Session, error) {
-	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > w.cfg.HTTPTimeout {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, w.cfg.HTTPTimeout)
-		defer cancel()
+// beforeAttempt waits for the rate limit and counts the attempt.
+func (j *job) beforeAttempt() *protocol.Error {
+	w, appid := j.w, j.o.appid
+	waitStart := time.Now()
+	if e := w.limit.Wait(j.ctx, appid); e != nil {
+		if e.Kind == protocol.KindRateLimited {
+			w.stats.rateLimited.Add(1)
+			w.stats.m.RateWait(appid, 0, true)
+		}
+		return e
 	}
-	// else the request's deadline comes first: a context of its own for
-	// the attempt would only cost an allocation and a timer.
-	return w.wx.Code2Session(ctx, appid, secret, code)
+	j.callStart = time.Now()
+	if w.cfg.Rate > 0 {
+		w.stats.m.RateWait(appid, j.callStart.Sub(waitStart).Seconds(), false)
+	}
+	j.o.attempts++
+	w.stats.upstreamCalls.Add(1)
+	return nil
+}
+
+// attemptContext bounds one attempt by WX_HTTP_TIMEOUT as well as the
+// request's deadline.
+func (j *job) attemptContext() (context.Context, context.CancelFunc) {
+	if dl, ok := j.ctx.Deadline(); !ok || time.Until(dl) > j.w.cfg.HTTPTimeout {
+		return context.WithTimeout(j.ctx, j.w.cfg.HTTPTimeout)
+	}
+	// The request's deadline comes first: a context of its own for the
+	// attempt would only cost an allocation and a timer.
+	return j.ctx, func() {}
+}
+
+// succeeded records an attempt WeChat answered.
+func (j *job) succeeded() {
+	j.w.stats.m.Attempt(j.o.appid, 0, false, time.Since(j.callStart).Seconds())
+	j.w.limit.Feedback(j.ctx, j.o.appid, 0)
+}
+
+// failed records a failed attempt and decides what follows: another
+// attempt after a backoff (again), or the error to answer with.
+func (j *job) failed(err error) (_ *protocol.Error, again bool) {
+	w, ctx, appid := j.w, j.ctx, j.o.appid
+	e := protocol.As(err)
+	w.stats.m.Attempt(appid, e.WxErrcode, e.WxErrcode == 0, time.Since(j.callStart).Seconds())
+	w.stats.upstreamError(e.WxErrcode)
+	w.limit.Feedback(ctx, appid, e.WxErrcode)
+	if ctx.Err() != nil {
+		return deadlineError(ctx, e), false
+	}
+	if e.Kind == protocol.KindCodeUsed && j.ambiguous {
+		// WeChat does not say whether a busy or timed-out attempt
+		// consumed the code; this one says an earlier one did.
+		j.o.lost = true
+		e.Message = "the code was consumed by an earlier attempt whose answer was lost; get a new code"
+		return e, false
+	}
+	if !e.Temporary || j.o.attempts >= w.cfg.MaxAttempts {
+		return final(e), false
+	}
+	j.ambiguous = j.ambiguous || e.Kind != protocol.KindRateLimited
+	pause := w.backoff(j.o.attempts, e)
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < pause+minAttempt {
+		return final(e), false
+	}
+	j.o.retries++
+	w.stats.retries.Add(1)
+	w.stats.m.Retry(appid)
+	if !sleep(ctx, pause) {
+		return deadlineError(ctx, e), false
+	}
+	return nil, true
+}
+
+// called ends an exchange that called WeChat: with de-duplication, the
+// answer is stored for duplicates first.
+func (j *job) called(s wechat.Session, e *protocol.Error) {
+	var res protocol.Result
+	if e == nil {
+		j.o.rid = s.RID
+		res = protocol.Result{OpenID: s.OpenID, UnionID: s.UnionID}
+	}
+	j.o.err = e
+	if j.lead != nil {
+		res, j.o.err = j.lead.End(j.ctx, res, e)
+		j.w.stats.dedupHit(dedup.FromUpstream)
+	}
+	j.finish(res)
+}
+
+// finish records the exchange and answers the requester.
+func (j *job) finish(res protocol.Result) {
+	w := j.w
+	j.o.latency = time.Since(j.start)
+	w.stats.record(j.o)
+	w.logOutcome(j.req, j.o)
+	w.stats.inFlight.Add(-1)
+	w.stats.m.InFlight(-1)
+	if j.o.err != nil {
+		j.send(protocol.ErrorMsg(j.o.err))
+		return
+	}
+	j.send(protocol.ResultMsg(res))
 }
 
 // minAttempt is the least time worth starting an attempt with.

@@ -3,17 +3,18 @@ package exchange
 import (
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
-// runners keeps the goroutines that run exchanges alive between
-// requests. Each exchange still has a goroutine to itself, as if started
-// with go; the goroutine is only reused. A fresh goroutine starts with a
-// small stack and grows it (a copy each time) on its way into the HTTP
-// client: at thousands of exchanges a second that was several
-// microseconds of CPU per exchange. Idle runners are kept last-in
-// first-out, so after a burst the ones not needed stay idle and exit
-// after runnerIdle.
+// runners keeps a few goroutines alive between requests to take them in
+// (job.intake). Each intake still has a goroutine to itself, as if
+// started with go; the goroutine is only reused. A fresh goroutine starts
+// with a small stack and grows it (a copy each time) on its way through
+// JSON and the store's claim: at thousands of exchanges a second that was
+// several microseconds of CPU per exchange. Idle runners are kept
+// last-in first-out, and at most maxIdleRunners of them: an intake is
+// short (the exchange then waits for WeChat on a goroutine of its own),
+// so a few serve any rate, and after a burst the rest end at once
+// instead of keeping their stacks.
 type runners struct {
 	mu   sync.Mutex
 	idle []*runner
@@ -22,10 +23,11 @@ type runners struct {
 	wg   sync.WaitGroup
 
 	started atomic.Int64 // runner goroutines ever started
+	live    atomic.Int64 // runner goroutines running now
 }
 
-// runnerIdle is how long a runner waits for its next exchange.
-const runnerIdle = 10 * time.Second
+// maxIdleRunners is how many runners wait for work at most.
+const maxIdleRunners = 64
 
 type runner struct {
 	next chan func() // buffered: give never blocks
@@ -47,31 +49,31 @@ func (rs *runners) run(job func()) {
 	rs.mu.Unlock()
 	rs.wg.Add(1)
 	rs.started.Add(1)
+	rs.live.Add(1)
 	go rs.loop(job)
 }
 
 func (rs *runners) loop(job func()) {
-	defer rs.wg.Done()
+	defer func() {
+		rs.live.Add(-1)
+		rs.wg.Done()
+	}()
 	r := &runner{next: make(chan func(), 1)}
-	var idle *time.Timer
 	for {
 		job()
 		rs.mu.Lock()
+		if len(rs.idle) >= maxIdleRunners {
+			rs.mu.Unlock()
+			return
+		}
 		rs.idle = append(rs.idle, r)
 		rs.mu.Unlock()
-		if idle == nil {
-			idle = time.NewTimer(runnerIdle)
-		} else {
-			idle.Reset(runnerIdle)
-		}
 		select {
 		case job = <-r.next:
 			continue
-		case <-idle.C:
 		case <-rs.quit:
 		}
 		if rs.leave(r) {
-			idle.Stop()
 			return
 		}
 		// run took this runner off the idle list just now: its job is

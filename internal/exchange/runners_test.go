@@ -46,6 +46,35 @@ func TestRunnersReuseGoroutines(t *testing.T) {
 	}
 }
 
+func TestRunnersKeepFewIdle(t *testing.T) {
+	var rs runners
+	rs.init()
+	defer rs.stop()
+
+	// A burst needs a runner per job; afterwards only maxIdleRunners
+	// stay, and the others end.
+	const burst = 3 * maxIdleRunners
+	release := make(chan struct{})
+	var running sync.WaitGroup
+	running.Add(burst)
+	for range burst {
+		rs.run(func() { running.Done(); <-release })
+	}
+	running.Wait()
+	close(release)
+	waitIdle(t, &rs, maxIdleRunners)
+	deadline := time.Now().Add(5 * time.Second)
+	for rs.live.Load() != maxIdleRunners {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d runners alive after a burst of %d, want %d", rs.live.Load(), burst, maxIdleRunners)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n := rs.started.Load(); n != burst {
+		t.Fatalf("a burst of %d jobs started %d runners", burst, n)
+	}
+}
+
 func TestRunnersStopEndsEveryGoroutine(t *testing.T) {
 	var rs runners
 	rs.init()

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/wxlogin/wxlogin/internal/bucket"
+	"github.com/wxlogin/wxlogin/internal/dedup"
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/protocol"
@@ -34,10 +35,10 @@ type intake struct {
 	admitted chan struct{}
 
 	mu       sync.Mutex
-	stopping bool           // set once; after it, exchanges run inline
-	inFlight sync.WaitGroup // exchange goroutines; Add only under mu, before stopping
+	stopping bool           // set once; after it, jobs run inline
+	inFlight sync.WaitGroup // jobs not yet answered; Add only under mu, before stopping
 
-	runners runners // the goroutines exchanges run on
+	runners runners // the goroutines that take jobs in
 
 	nc       *nats.Conn
 	svc      micro.Service
@@ -126,58 +127,103 @@ func (w *Worker) handle(req micro.Request) {
 	if ms, err := strconv.Atoi(req.Headers().Get(protocol.HeaderTimeout)); err == nil && ms > 0 {
 		budget = min(time.Duration(ms)*time.Millisecond, maxBudget)
 	}
-	deadline := received.Add(budget)
-	data := req.Data()
+	j := &job{w: w, reply: reply, data: req.Data(), deadline: received.Add(budget)}
 
 	w.mu.Lock()
 	if w.stopping {
 		w.mu.Unlock()
 		// Shutting down: run inline, so that draining the connection
 		// waits for this reply instead of closing under it.
-		w.serve(reply, data, deadline)
+		j.inline = true
+		j.intake()
 		return
 	}
 	w.inFlight.Add(1)
 	w.mu.Unlock()
 
 	w.admitted <- struct{}{}
-	w.runners.run(func() {
-		defer func() {
-			<-w.admitted
-			w.inFlight.Done()
-		}()
-		w.serve(reply, data, deadline)
-	})
+	j.admitted = true
+	w.runners.run(j.intake)
 }
 
-// serve exchanges one request and publishes the reply. It answers through
-// the connection, not through micro's Request, whose bookkeeping is not
-// safe to touch after the handler returned.
-func (w *Worker) serve(reply string, data []byte, deadline time.Time) {
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
+// job is one exchange on its way through the worker. It runs in two
+// goroutines, one after the other. The first, a runner, takes the request
+// in (intake): it decodes it, waits for a concurrency slot, and asks
+// de-duplication whether the answer is known or on its way. Only if
+// WeChat must be called does a second goroutine start, fresh, for call:
+// it calls, retries, and answers.
+//
+// The split is for memory. Thousands of exchanges may wait for WeChat at
+// once, each in the goroutine that called it, and a goroutine keeps the
+// stack its deepest call needed. Intake goes deep (JSON, the store's
+// claim over NATS) and would keep 8 KiB per waiting exchange; call starts
+// shallow and keeps 4 KiB. Scenario 3 of the benchmark measures it.
+type job struct {
+	w        *Worker
+	reply    string
+	data     []byte // the request, until decoded
+	deadline time.Time
+	inline   bool // run in the handler: no goroutines (shutting down)
+	admitted bool // holds a place in admitted and an inFlight count
+	slot     bool // holds a concurrency slot
 
-	var msg *nats.Msg
-	req, e := protocol.DecodeRequest(data)
+	ctx       context.Context // ends at the deadline
+	cancel    context.CancelFunc
+	req       protocol.Request
+	secret    string
+	lead      *dedup.Lead // ours to run and End, with de-duplication
+	start     time.Time   // of the exchange proper, after the slot
+	callStart time.Time   // of the current attempt
+	ambiguous bool        // an earlier attempt may have consumed the code
+	o         outcome
+}
+
+// intake is the job's first half, on a runner (or inline): decode, slot,
+// de-duplication; then call, on a goroutine of its own.
+func (j *job) intake() {
+	w := j.w
+	j.ctx, j.cancel = context.WithDeadline(context.Background(), j.deadline)
+	req, e := protocol.DecodeRequest(j.data)
+	j.req, j.data = req, nil
 	if e == nil {
 		select {
 		case w.slots <- struct{}{}:
-			defer func() { <-w.slots }()
-		case <-ctx.Done():
+			j.slot = true
+		case <-j.ctx.Done():
 			e = protocol.New(protocol.KindTimeout, "the worker was too busy to start this exchange within its deadline")
 		}
 	}
 	if e != nil {
 		w.stats.record(outcome{err: e})
-		msg = protocol.ErrorMsg(e)
-	} else if res, err := w.Exchange(ctx, req); err != nil {
-		msg = protocol.ErrorMsg(protocol.As(err))
-	} else {
-		msg = protocol.ResultMsg(res)
+		j.send(protocol.ErrorMsg(e))
+		return
 	}
-	msg.Subject = reply
+	if !j.begin() {
+		return
+	}
+	if j.inline {
+		j.call()
+		return
+	}
+	go j.call()
+}
+
+// send answers the requester and frees what the job held. It answers
+// through the connection, not through micro's Request, whose bookkeeping
+// is not safe to touch after the handler returned.
+func (j *job) send(msg *nats.Msg) {
+	w := j.w
+	msg.Subject = j.reply
 	if err := w.nc.PublishMsg(msg); err != nil {
-		w.log.Warn("reply not sent", "code", logging.CodeHash(req.Code), logging.Err(err))
+		w.log.Warn("reply not sent", "code", logging.CodeHash(j.req.Code), logging.Err(err))
+	}
+	j.cancel()
+	if j.slot {
+		<-w.slots
+	}
+	if j.admitted {
+		<-w.admitted
+		w.inFlight.Done()
 	}
 }
 
