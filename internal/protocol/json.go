@@ -1,8 +1,9 @@
 package protocol
 
 import (
-	"bytes"
 	"encoding/json"
+
+	"github.com/wxlogin/wxlogin/internal/flatjson"
 )
 
 // Requests and results cross NATS and HTTP once or twice per exchange and
@@ -67,94 +68,26 @@ func appendPlain(b []byte, s string) []byte {
 
 // decodeRequest is json.Unmarshal into a Request.
 func decodeRequest(data []byte, r *Request) error {
-	if f, ok := flatStrings(data); ok && f.only("appid", "code") {
-		r.AppID, r.Code = f.get("appid"), f.get("code")
-		return nil
+	if o, ok := flatjson.Parse(data); ok && o.Only("appid", "code") {
+		appid, ok1 := o.String("appid")
+		code, ok2 := o.String("code")
+		if ok1 && ok2 {
+			r.AppID, r.Code = appid, code
+			return nil
+		}
 	}
 	return json.Unmarshal(data, r)
 }
 
 // decodeResult is json.Unmarshal into a Result.
 func decodeResult(data []byte, r *Result) error {
-	if f, ok := flatStrings(data); ok && f.only("openid", "unionid") {
-		r.OpenID, r.UnionID = f.get("openid"), f.get("unionid")
-		return nil
+	if o, ok := flatjson.Parse(data); ok && o.Only("openid", "unionid") {
+		openid, ok1 := o.String("openid")
+		unionid, ok2 := o.String("unionid")
+		if ok1 && ok2 {
+			r.OpenID, r.UnionID = openid, unionid
+			return nil
+		}
 	}
 	return json.Unmarshal(data, r)
-}
-
-// fields are up to two key/value pairs of a flat object.
-type fields struct {
-	n          int
-	keys, vals [2][]byte
-}
-
-// only reports whether every key is one of a or b, each at most once:
-// with anything else (encoding/json matches keys case-insensitively, and
-// the last duplicate wins) the caller falls back to encoding/json.
-func (f *fields) only(a, b string) bool {
-	for i := range f.n {
-		k := string(f.keys[i])
-		if k != a && k != b {
-			return false
-		}
-	}
-	return f.n < 2 || !bytes.Equal(f.keys[0], f.keys[1])
-}
-
-func (f *fields) get(key string) string {
-	for i := range f.n {
-		if string(f.keys[i]) == key {
-			return string(f.vals[i])
-		}
-	}
-	return ""
-}
-
-// flatStrings reads {"k":"v"} or {"k":"v","k2":"v2"} with no whitespace
-// and no backslash anywhere; ok is false for anything else.
-func flatStrings(data []byte) (f fields, ok bool) {
-	if len(data) < 2 || data[0] != '{' || data[len(data)-1] != '}' || bytes.IndexByte(data, '\\') >= 0 {
-		return f, false
-	}
-	p := data[1 : len(data)-1]
-	for len(p) > 0 {
-		if f.n == 2 {
-			return f, false
-		}
-		var k, v []byte
-		if k, p, ok = quoted(p); !ok || len(p) == 0 || p[0] != ':' {
-			return f, false
-		}
-		if v, p, ok = quoted(p[1:]); !ok {
-			return f, false
-		}
-		f.keys[f.n], f.vals[f.n] = k, v
-		f.n++
-		if len(p) > 0 {
-			if p[0] != ',' || len(p) == 1 {
-				return f, false
-			}
-			p = p[1:]
-		}
-	}
-	return f, f.n > 0
-}
-
-// quoted splits "s"rest into s and rest; s must be printable ASCII.
-func quoted(p []byte) (s, rest []byte, ok bool) {
-	if len(p) < 2 || p[0] != '"' {
-		return nil, nil, false
-	}
-	end := bytes.IndexByte(p[1:], '"')
-	if end < 0 {
-		return nil, nil, false
-	}
-	s = p[1 : 1+end]
-	for _, c := range s {
-		if c < 0x20 || c > 0x7e {
-			return nil, nil, false
-		}
-	}
-	return s, p[2+end:], true
 }
