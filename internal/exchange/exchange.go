@@ -1,9 +1,10 @@
 // Package exchange is the worker: it turns login codes into openids by
 // calling WeChat, with the secrets it alone holds. It serves the NATS
-// micro service "wxlogin", runs each exchange in its own goroutine (a
-// bounded number at once), rate-limits upstream calls per appid, retries
-// what can succeed on retry within the requester's deadline, and never
-// lets a secret, a session_key or a raw code into a log line or reply.
+// micro service "wxlogin", runs each exchange in goroutines of its own
+// (a bounded number at once; see job), rate-limits upstream calls per
+// appid, retries what can succeed on retry within the requester's
+// deadline, and never lets a secret, a session_key or a raw code into a
+// log line or reply.
 package exchange
 
 import (
