@@ -12,9 +12,11 @@ import (
 	"syscall"
 
 	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/wxlogin/wxlogin/internal/config"
 	"github.com/wxlogin/wxlogin/internal/edge"
+	"github.com/wxlogin/wxlogin/internal/httpserver"
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
 )
@@ -45,5 +47,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return edge.Serve(ctx, edge.ConfigFrom(cfg.Edge, cfg.SubjectPrefix), cfg.Addr, nc, logger)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return httpserver.Debug(gctx, cfg.DebugAddr, logger) })
+	g.Go(func() error {
+		return edge.Serve(gctx, edge.ConfigFrom(cfg.Edge, cfg.SubjectPrefix), cfg.Addr, nc, logger)
+	})
+	return g.Wait()
 }

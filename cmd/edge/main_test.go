@@ -16,9 +16,10 @@ import (
 func TestRunServesAndStops(t *testing.T) {
 	b := testbed.New(t, testbed.Options{})
 	b.StartWorker(b.WorkerConfig())
-	addr := testbed.FreeAddr(t)
+	addr, debug := testbed.FreeAddr(t), testbed.FreeAddr(t)
 	t.Setenv("NATS_URL", b.NATS.ClientURL())
 	t.Setenv("EDGE_ADDR", addr)
+	t.Setenv("DEBUG_ADDR", debug)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	done := make(chan error, 1)
@@ -28,6 +29,13 @@ func TestRunServesAndStops(t *testing.T) {
 	testbed.Eventually(t, 10*time.Second, "edge ready", func() bool { return testbed.HTTPStatus(base+"/readyz") == 200 })
 	if s := testbed.HTTPStatus(base + "/v1/openid?code=edge-run-1"); s != 200 {
 		t.Fatalf("status %d", s)
+	}
+	// The profiler answers on DEBUG_ADDR only, never on the public port.
+	if s := testbed.HTTPStatus("http://" + debug + "/debug/pprof/goroutine?debug=1"); s != 200 {
+		t.Errorf("profiler on DEBUG_ADDR: status %d", s)
+	}
+	if s := testbed.HTTPStatus(base + "/debug/pprof/"); s == 200 {
+		t.Error("the profiler answers on EDGE_ADDR")
 	}
 	cancel()
 	select {

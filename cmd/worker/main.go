@@ -12,8 +12,11 @@ import (
 	"os/signal"
 	"syscall"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/wxlogin/wxlogin/internal/config"
 	"github.com/wxlogin/wxlogin/internal/exchange"
+	"github.com/wxlogin/wxlogin/internal/httpserver"
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
 	"github.com/wxlogin/wxlogin/internal/wechat"
@@ -45,5 +48,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	// WX_CA_FILE's roots, or nil for the system's.
 	roots := wechat.RootCAs(cfg.RootCAs())
-	return exchange.Serve(ctx, exchange.ConfigFrom(cfg.Worker, cfg.SubjectPrefix), cfg.APIBase, cfg.MetricsAddr, nc, logger, roots)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return httpserver.Debug(gctx, cfg.DebugAddr, logger) })
+	g.Go(func() error {
+		return exchange.Serve(gctx, exchange.ConfigFrom(cfg.Worker, cfg.SubjectPrefix), cfg.APIBase, cfg.MetricsAddr, nc, logger, roots)
+	})
+	return g.Wait()
 }

@@ -20,11 +20,12 @@ import (
 // server and the fake upstream over TCP.
 func TestRunServesAndStops(t *testing.T) {
 	b := testbed.New(t, testbed.Options{})
-	probes := testbed.FreeAddr(t)
+	probes, debug := testbed.FreeAddr(t), testbed.FreeAddr(t)
 	t.Setenv("NATS_URL", b.NATS.ClientURL())
 	t.Setenv("WX_APPS", testbed.App.AppID+":"+testbed.App.Secret)
 	t.Setenv("WX_API_BASE", b.Upstream.URL)
 	t.Setenv("WORKER_METRICS_ADDR", probes)
+	t.Setenv("DEBUG_ADDR", debug)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	done := make(chan error, 1)
@@ -34,6 +35,12 @@ func TestRunServesAndStops(t *testing.T) {
 	res, e := b.Request(b.Connect("client"), protocol.Request{Code: "worker-run-1"}, 2*time.Second)
 	if e != nil || res.OpenID != fakewx.OpenID(testbed.App.AppID, "worker-run-1") {
 		t.Fatalf("%v %+v", e, res)
+	}
+	if s := testbed.HTTPStatus("http://" + debug + "/debug/pprof/heap"); s != 200 {
+		t.Errorf("profiler on DEBUG_ADDR: status %d", s)
+	}
+	if s := testbed.HTTPStatus("http://" + probes + "/debug/pprof/"); s == 200 {
+		t.Error("the profiler answers on WORKER_METRICS_ADDR")
 	}
 	cancel()
 	select {

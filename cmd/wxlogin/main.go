@@ -110,6 +110,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		return demo.serve(demoCtx, logger)
 	})
+	g.Go(func() error { return httpserver.Debug(gctx, cfg.DebugAddr, logger) })
 
 	// Shutdown: wait for all three, then the deferred NATS shutdown.
 	err = g.Wait()

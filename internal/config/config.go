@@ -42,6 +42,12 @@ type Log struct {
 	Format string     `envconfig:"LOG_FORMAT" default:"text" desc:"text (human readable) or json"`
 }
 
+// Debug turns on Go's profiler, for an operator who needs to see where a
+// process spends its CPU or memory.
+type Debug struct {
+	DebugAddr string `envconfig:"DEBUG_ADDR" desc:"address of Go's profiler, /debug/pprof/ (e.g. 127.0.0.1:6060); empty (the default) disables; keep it off public interfaces"`
+}
+
 // Edge configures the HTTP front.
 type Edge struct {
 	Addr    string        `envconfig:"EDGE_ADDR" default:":8080" desc:"HTTP listen address"`
@@ -85,6 +91,7 @@ type EdgeConfig struct {
 	NATS
 	Log
 	Edge
+	Debug
 }
 
 // WorkerConfig is cmd/worker's configuration.
@@ -92,6 +99,7 @@ type WorkerConfig struct {
 	NATS
 	Log
 	Worker
+	Debug
 }
 
 // Embedded configures the NATS server the all-in-one binary runs itself.
@@ -108,6 +116,7 @@ type AllInOneConfig struct {
 	Embedded
 	Edge
 	Worker
+	Debug
 	SubjectPrefix string `envconfig:"NATS_SUBJECT_PREFIX" default:"wxlogin" desc:"prefix of the exchange subject PREFIX.code2session"`
 }
 
@@ -151,11 +160,11 @@ func Usage(w io.Writer, spec any) error {
 }
 
 func (c *EdgeConfig) validate() error {
-	return errors.Join(c.NATS.validate(), c.Log.validate(), c.Edge.validate())
+	return errors.Join(c.NATS.validate(), c.Log.validate(), c.Edge.validate(), c.Debug.validate())
 }
 
 func (c *WorkerConfig) validate() error {
-	return errors.Join(c.NATS.validate(), c.Log.validate(), c.Worker.validate(true))
+	return errors.Join(c.NATS.validate(), c.Log.validate(), c.Worker.validate(true), c.Debug.validate())
 }
 
 func (c *AllInOneConfig) validate() error {
@@ -167,7 +176,7 @@ func (c *AllInOneConfig) validate() error {
 		errs = append(errs, errors.New("NATS_SUBJECT_PREFIX: want NATS subject tokens without spaces or wildcards"))
 	}
 	// With no apps the all-in-one runs its demo upstream; so apps are optional here.
-	return errors.Join(append(errs, c.Log.validate(), c.Edge.validate(), c.Worker.validate(false))...)
+	return errors.Join(append(errs, c.Log.validate(), c.Edge.validate(), c.Worker.validate(false), c.Debug.validate())...)
 }
 
 func (c *FakeWXConfig) validate() error {
@@ -232,6 +241,16 @@ func (n *NATS) validate() error {
 func (l *Log) validate() error {
 	if l.Format != "text" && l.Format != "json" {
 		return fmt.Errorf("LOG_FORMAT: want text or json, got %q", l.Format)
+	}
+	return nil
+}
+
+func (d *Debug) validate() error {
+	if d.DebugAddr == "" {
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(d.DebugAddr); err != nil {
+		return fmt.Errorf("DEBUG_ADDR: want [host]:port or empty, got %q", d.DebugAddr)
 	}
 	return nil
 }

@@ -84,6 +84,8 @@ func TestEnvNamesMatchContract(t *testing.T) {
 		// The fake over TLS, for HTTP/2 to the upstream, and the roots
 		// that trust it (or an intercepting proxy).
 		"FAKEWX_TLS", "FAKEWX_CA_OUT", "WX_CA_FILE",
+		// Go's profiler, opt-in (issue 7).
+		"DEBUG_ADDR",
 	} {
 		if !names[want] {
 			t.Errorf("no config reads %s", want)
@@ -342,6 +344,9 @@ func TestInvalidSettings(t *testing.T) {
 		{"WX_API_BASE no host", worker, map[string]string{"WX_API_BASE": "https://"}, []string{"WX_API_BASE"}},
 		{"NATS_PASSWORD without user, worker", worker, map[string]string{"NATS_PASSWORD": natsPW, "NATS_TOKEN": natsTok}, []string{"NATS_PASSWORD"}},
 
+		{"DEBUG_ADDR edge", edge, map[string]string{"DEBUG_ADDR": "6060"}, []string{"DEBUG_ADDR"}},
+		{"DEBUG_ADDR worker", worker, map[string]string{"DEBUG_ADDR": "localhost"}, []string{"DEBUG_ADDR"}},
+		{"DEBUG_ADDR all-in-one", allInOne, map[string]string{"DEBUG_ADDR": "::1"}, []string{"DEBUG_ADDR"}},
 		{"NATS_LISTEN", allInOne, map[string]string{"NATS_LISTEN": "nope"}, []string{"NATS_LISTEN"}},
 		{"NATS_SUBJECT_PREFIX all-in-one", allInOne, map[string]string{"NATS_SUBJECT_PREFIX": "a b"}, []string{"NATS_SUBJECT_PREFIX"}},
 		{"EDGE_TIMEOUT all-in-one", allInOne, map[string]string{"EDGE_TIMEOUT": "-1s"}, []string{"EDGE_TIMEOUT"}},

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 )
 
@@ -74,5 +75,43 @@ func Serve(ctx context.Context, srv *http.Server, ln net.Listener, grace time.Du
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	return nil
+}
+
+// Debug serves Go's profiler (net/http/pprof) on addr until ctx ends; with
+// addr empty it returns nil at once. Profiles show code paths and sizes,
+// not memory contents, but they do show how the program works: serve
+// them on a loopback or private address only. (Importing net/http/pprof
+// also registers it on http.DefaultServeMux, which no wxlogin server
+// serves.)
+func Debug(ctx context.Context, addr string, logger *slog.Logger) error {
+	if addr == "" {
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	// A CPU profile or trace takes as long as it was asked to; pprof
+	// refuses one longer than the write timeout.
+	srv := New(mux, 5*time.Minute, logger)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("DEBUG_ADDR: listening on %s: %w", addr, err)
+	}
+	logger.Info("profiler listening", "addr", ln.Addr().String(), "path", "/debug/pprof/")
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serving the profiler on %s: %w", addr, err)
+	case <-ctx.Done():
+	}
+	// No grace: a profile being taken is cut short rather than holding up
+	// the shutdown.
+	srv.Close()
+	<-errc
 	return nil
 }
