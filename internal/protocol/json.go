@@ -68,26 +68,30 @@ func appendPlain(b []byte, s string) []byte {
 
 // decodeRequest is json.Unmarshal into a Request.
 func decodeRequest(data []byte, r *Request) error {
-	if o, ok := flatjson.Parse(data); ok && o.Only("appid", "code") {
-		appid, ok1 := o.String("appid")
-		code, ok2 := o.String("code")
-		if ok1 && ok2 {
-			r.AppID, r.Code = appid, code
-			return nil
-		}
+	if appid, code, ok := flatPair(data, "appid", "code"); ok {
+		r.AppID, r.Code = appid, code
+		return nil
 	}
 	return json.Unmarshal(data, r)
 }
 
 // decodeResult is json.Unmarshal into a Result.
 func decodeResult(data []byte, r *Result) error {
-	if o, ok := flatjson.Parse(data); ok && o.Only("openid", "unionid") {
-		openid, ok1 := o.String("openid")
-		unionid, ok2 := o.String("unionid")
-		if ok1 && ok2 {
-			r.OpenID, r.UnionID = openid, unionid
-			return nil
-		}
+	if openid, unionid, ok := flatPair(data, "openid", "unionid"); ok {
+		r.OpenID, r.UnionID = openid, unionid
+		return nil
 	}
 	return json.Unmarshal(data, r)
+}
+
+// flatPair reads data as a flat object of string values under the keys
+// a and b, each at most once; ok is false for anything else.
+func flatPair(data []byte, a, b string) (va, vb string, ok bool) {
+	o, ok := flatjson.Parse(data)
+	if !ok || !o.Only(a, b) {
+		return "", "", false
+	}
+	va, okA := o.String(a)
+	vb, okB := o.String(b)
+	return va, vb, okA && okB
 }
