@@ -155,8 +155,8 @@ func (w *Worker) handle(req micro.Request) {
 //
 // The split is for memory. Thousands of exchanges may wait for WeChat at
 // once, each in the goroutine that called it, and a goroutine keeps the
-// stack its deepest call needed. Intake goes deep (JSON, the store's
-// claim over NATS) and would keep 8 KiB per waiting exchange; call starts
+// stack its deepest call needed. Intake goes deep (the store's claim
+// over NATS) and would keep 8 KiB per waiting exchange; call starts
 // shallow and keeps 4 KiB. Scenario 3 of the benchmark measures it.
 type job struct {
 	w        *Worker
