@@ -191,6 +191,8 @@ func (j *job) begin() bool {
 // Its frame is on the stack of every exchange waiting for WeChat, so it
 // keeps few locals and leaves the work around each attempt to the
 // methods it calls, which are not on the stack while WeChat is asked.
+// The goroutine now waits about 2.3 KiB deep and keeps a 4 KiB stack;
+// past about 3 KiB it would need 8 (benchmark scenario 3 shows it).
 func (j *job) call() {
 	for {
 		if e := j.beforeAttempt(); e != nil {
