@@ -1,6 +1,8 @@
 package dedup
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"sync"
 	"time"
 )
@@ -10,45 +12,98 @@ import (
 // the previous one and the old previous is dropped whole. An answer thus
 // lives between ttl and 2×ttl (or until max newer answers push it out),
 // with no per-entry timers and no sweeping.
+//
+// A generation holds no pointers: keys are 16 bytes and answers are kept
+// encoded (the store's format) in one byte slice, the map giving each
+// answer's span of it. The garbage collector thus never walks the cache.
+// Kept as strings and structs, 100,000 answers (the default LocalMax)
+// took 190 bytes each, and a collection of a process holding them took
+// 4.7 ms on a 2-core machine; kept as bytes, 119 bytes and 0.3 ms
+// (BenchmarkGCWithFullCache).
 type cache struct {
 	ttl time.Duration
 	max int
 
 	mu        sync.Mutex
-	cur, prev map[string]answer
+	cur, prev generation
 	since     time.Time
 }
 
+type generation struct {
+	spans map[slot]span
+	data  []byte // encoded answers, appended; never written over
+}
+
+// slot is the map key for a bucket key: Keyer's 32 hex digits as the 16
+// bytes they spell.
+type slot [16]byte
+
+type span struct{ off, len uint32 }
+
+func newGeneration() generation { return generation{spans: map[slot]span{}} }
+
 func newCache(ttl time.Duration, max int) *cache {
-	return &cache{ttl: ttl, max: max, cur: map[string]answer{}, prev: map[string]answer{}, since: time.Now()}
+	return &cache{ttl: ttl, max: max, cur: newGeneration(), prev: newGeneration(), since: time.Now()}
+}
+
+// slotOf is key's slot. Keys that are not 32 hex digits (only tests make
+// such) take the first half of their SHA-256.
+func slotOf(key string) slot {
+	var k slot
+	if len(key) == 2*len(k) {
+		if _, err := hex.Decode(k[:], []byte(key)); err == nil {
+			return k
+		}
+	}
+	sum := sha256.Sum256([]byte(key))
+	copy(k[:], sum[:])
+	return k
 }
 
 func (c *cache) get(key string) (answer, bool) {
+	k := slotOf(key)
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.rotate(time.Now())
-	if a, ok := c.cur[key]; ok {
-		return a, true
+	g := &c.cur
+	sp, ok := g.spans[k]
+	if !ok {
+		g = &c.prev
+		sp, ok = g.spans[k]
 	}
-	a, ok := c.prev[key]
-	return a, ok
+	var b []byte
+	if ok {
+		// The bytes stay valid outside the lock: data is only appended to.
+		b = g.data[sp.off : sp.off+sp.len : sp.off+sp.len]
+	}
+	c.mu.Unlock()
+	if !ok {
+		return answer{}, false
+	}
+	return decode(b)
 }
 
-func (c *cache) put(key string, a answer) {
+// put keeps a, given with its encoding (answer.encode).
+func (c *cache) put(key string, encoded []byte) {
+	k := slotOf(key)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rotate(time.Now())
-	if len(c.cur) >= c.max/2 {
-		c.prev, c.cur, c.since = c.cur, map[string]answer{}, time.Now()
+	if len(c.cur.spans) >= c.max/2 || len(c.cur.data)+len(encoded) > maxGenerationBytes {
+		c.prev, c.cur, c.since = c.cur, newGeneration(), time.Now()
 	}
-	c.cur[key] = a
+	c.cur.spans[k] = span{off: uint32(len(c.cur.data)), len: uint32(len(encoded))}
+	c.cur.data = append(c.cur.data, encoded...)
 }
+
+// maxGenerationBytes keeps spans' offsets in range. Answers are under 200
+// bytes, so LocalMax would have to be in the tens of millions to reach it.
+const maxGenerationBytes = 1 << 31
 
 func (c *cache) rotate(now time.Time) {
 	switch age := now.Sub(c.since); {
 	case age >= 2*c.ttl:
-		c.prev, c.cur, c.since = map[string]answer{}, map[string]answer{}, now
+		c.prev, c.cur, c.since = newGeneration(), newGeneration(), now
 	case age >= c.ttl:
-		c.prev, c.cur, c.since = c.cur, map[string]answer{}, now
+		c.prev, c.cur, c.since = c.cur, newGeneration(), now
 	}
 }

@@ -239,7 +239,7 @@ func (l *Lead) End(ctx context.Context, res protocol.Result, e *protocol.Error) 
 	if l.kv != nil {
 		a = l.s.claimed(ctx, l.kv, l.key, l.rev, a)
 	} else if a.final() {
-		l.s.cache.put(l.key, a)
+		l.s.cache.put(l.key, a.encode())
 	}
 	l.land(answered{a, FromUpstream})
 	res, e, _ = a.result(FromUpstream)
@@ -286,7 +286,7 @@ func (s *Store) lead(ctx context.Context, l *Lead) (a answer, found bool) {
 		case errors.Is(err, jetstream.ErrKeyExists):
 			a, found, err := s.await(ctx, kv, l.key)
 			if found {
-				s.cache.put(l.key, a)
+				s.cache.put(l.key, a.encode())
 				return a, true
 			}
 			if err != nil {
@@ -364,14 +364,15 @@ func (s *Store) claimed(ctx context.Context, kv jetstream.KeyValue, key string, 
 		cancel()
 		return a
 	}
-	s.cache.put(key, a)
+	v := a.encode()
+	s.cache.put(key, v)
 	// A publish without a reply subject: JetStream stores it and sends no
 	// acknowledgement, so it costs the worker one buffered write. It goes
 	// out before the reply on the same connection, so the server has
 	// stored it before the requester can retry. If it is lost (store
 	// unreachable), a retry meets our claim, waits out WX_CLAIM_TTL and
 	// gets WeChat's 40163 as code_used: the degraded case.
-	if err := s.nc.Publish(s.subjPx+key, a.encode()); err != nil {
+	if err := s.nc.Publish(s.subjPx+key, v); err != nil {
 		s.degraded("storing an answer failed", err)
 	}
 	return a

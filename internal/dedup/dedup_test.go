@@ -1,6 +1,7 @@
 package dedup
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -59,13 +60,13 @@ func TestFinalAnswersOnly(t *testing.T) {
 func TestCacheBoundsAndExpiry(t *testing.T) {
 	c := newCache(time.Hour, 10)
 	for i := range 100 {
-		c.put(string(rune('a'+i%26))+string(rune(i)), answer{})
+		c.put(string(rune('a'+i%26))+string(rune(i)), answer{}.encode())
 	}
-	if n := len(c.cur) + len(c.prev); n > 10 {
+	if n := len(c.cur.spans) + len(c.prev.spans); n > 10 {
 		t.Errorf("cache holds %d entries, max 10", n)
 	}
 	c = newCache(time.Minute, 100)
-	c.put("k", answer{Result: protocol.Result{OpenID: "o"}})
+	c.put("k", answer{Result: protocol.Result{OpenID: "o"}}.encode())
 	c.since = c.since.Add(-61 * time.Second) // one generation later: still there
 	if _, ok := c.get("k"); !ok {
 		t.Error("forgotten after one TTL; answers must live at least a TTL")
@@ -74,6 +75,70 @@ func TestCacheBoundsAndExpiry(t *testing.T) {
 	if _, ok := c.get("k"); ok {
 		t.Error("kept past two TTLs")
 	}
+}
+
+// The cache gives back what was put, for every key shape and answer kind,
+// whichever generation holds it.
+func TestCacheKeepsAnswers(t *testing.T) {
+	used := protocol.New(protocol.KindCodeUsed, "code already used")
+	used.WxErrcode = 40163
+	keys := []string{Key("s", "wxapp", "code-1"), Key("s", "wxapp", "code-2"), "short", strings.Repeat("z", 32)}
+	answers := []answer{
+		{Result: protocol.Result{OpenID: "oA", UnionID: "uA"}},
+		{Result: protocol.Result{OpenID: "oB"}},
+		{Err: used},
+		{Result: protocol.Result{OpenID: "oD", UnionID: "uD"}},
+	}
+	c := newCache(time.Minute, 6) // 3 per generation: the first answers move to prev
+	for i, k := range keys {
+		c.put(k, answers[i].encode())
+	}
+	for i, k := range keys {
+		got, ok := c.get(k)
+		if !ok {
+			t.Fatalf("%s: not found", k)
+		}
+		want := answers[i]
+		if got.Result != want.Result || (got.Err == nil) != (want.Err == nil) {
+			t.Fatalf("%s: got %+v, want %+v", k, got, want)
+		}
+		if want.Err != nil && (got.Err.Kind != want.Err.Kind || got.Err.WxErrcode != want.Err.WxErrcode ||
+			got.Err.Message != want.Err.Message || got.Err.Status != want.Err.Status) {
+			t.Fatalf("%s: error %+v, want %+v", k, got.Err, want.Err)
+		}
+	}
+	if _, ok := c.get(Key("s", "wxapp", "code-3")); ok {
+		t.Error("found a key never put")
+	}
+}
+
+// The cache is kept free of pointers so that the garbage collector skips
+// it (see cache); a field that adds one brings the marking cost back.
+func TestCacheHoldsNoPointers(t *testing.T) {
+	for _, typ := range []reflect.Type{reflect.TypeFor[slot](), reflect.TypeFor[span]()} {
+		if p := pointerIn(typ); p != "" {
+			t.Errorf("%s holds a pointer (%s)", typ, p)
+		}
+	}
+}
+
+func pointerIn(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Array:
+		return pointerIn(t.Elem())
+	case reflect.Struct:
+		for i := range t.NumField() {
+			if p := pointerIn(t.Field(i).Type); p != "" {
+				return t.Field(i).Name + ": " + p
+			}
+		}
+		return ""
+	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
+		reflect.Float32, reflect.Float64, reflect.Complex64, reflect.Complex128:
+		return ""
+	}
+	return t.Kind().String()
 }
 
 type errString string
