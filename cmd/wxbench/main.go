@@ -36,6 +36,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == bench.ChildCommand {
 		return bench.RunChild(ctx, args[1:], os.Stdin, stderr)
 	}
+	if len(args) > 0 && args[0] == bench.NATSChildCommand {
+		return bench.RunNATSChild(ctx, args[1:], os.Stdin, stdout, stderr)
+	}
 
 	// Configuration.
 	o := bench.DefaultOptions()
@@ -52,6 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.PerWorker, "concurrency4", o.PerWorker, "scenario 4: WORKER_CONCURRENCY of each worker")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "scenario 1: also profile one extra run of each variant into `prefix`-<variant>.pprof")
 	fs.StringVar(&o.MemProfile, "memprofile", "", "scenario 3: the worker's heap profile and goroutines, exchanges held, into `prefix`-worker-*")
+	fs.BoolVar(&o.NATSChild, "nats-child", false, "run the NATS server in a child process of its own, as in a split deployment, instead of this process")
 	level := fs.String("log-level", "warn", "level of the components' logs (stderr): debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

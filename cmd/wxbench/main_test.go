@@ -12,10 +12,11 @@ import (
 	"github.com/wxlogin/wxlogin/internal/bench"
 )
 
-// TestMain lets this test binary stand in for wxbench as scenario 3's
-// child: the benchmark starts os.Executable() with bench.ChildCommand.
+// TestMain lets this test binary stand in for wxbench as its children
+// (scenario 3's worker, the NATS server): the benchmark starts
+// os.Executable() with bench.ChildCommand or bench.NATSChildCommand.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == bench.ChildCommand {
+	if len(os.Args) > 1 && (os.Args[1] == bench.ChildCommand || os.Args[1] == bench.NATSChildCommand) {
 		if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
 			fmt.Fprintln(os.Stderr, "wxbench child:", err)
 			os.Exit(1)
@@ -51,6 +52,21 @@ func TestQuickRun(t *testing.T) {
 		`(?m)^4 +pipeline: 4 worker.*× concurrency 10, 80 clients.*× 1 worker`,
 		`(?m)^5 +NATS only: `,
 	} {
+		if !regexp.MustCompile(want).MatchString(out.String()) {
+			t.Errorf("output lacks %s:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestNATSChildRun runs scenario 5 with the NATS server in a child process.
+func TestNATSChildRun(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out, logs bytes.Buffer
+	if err := run(ctx, []string{"-quick", "-scenarios", "5", "-nats-child", "-duration", "500ms", "-warmup", "200ms"}, &out, &logs); err != nil {
+		t.Fatalf("run: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), logs.String())
+	}
+	for _, want := range []string{`(?m)^components log at .*the NATS server runs in a child process`, `(?m)^5 +NATS only: .* 0 +$`} {
 		if !regexp.MustCompile(want).MatchString(out.String()) {
 			t.Errorf("output lacks %s:\n%s", want, out.String())
 		}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -26,9 +27,10 @@ type loadResult struct {
 	firstErr error
 	lat      []time.Duration // latencies of the successes, sorted
 	window   time.Duration
-	cpu      time.Duration // this process's user+system CPU during the window
-	allocs   uint64        // heap allocations in this process during the window
+	cpu      time.Duration // user+system CPU during the window (usage)
+	allocs   uint64        // heap allocations during the window (usage)
 	idle     float64       // the machine's idle share of all CPUs during the window
+	usageErr error         // cpu and allocs could not be read
 }
 
 // cores is how many CPUs this process kept busy during the window.
@@ -44,8 +46,9 @@ func (r loadResult) pct(p float64) time.Duration {
 	return r.lat[min(int(p*float64(len(r.lat))), len(r.lat)-1)]
 }
 
-// cpuPerReq is the whole process's CPU per success: with everything in
-// one process on a CPU-bound machine, it is the fairest cost figure.
+// cpuPerReq is the CPU per success of the whole benchmark (its process
+// and the NATS server's): with everything on one CPU-bound machine, it is
+// the fairest cost figure.
 func (r loadResult) cpuPerReq() time.Duration {
 	if r.ok == 0 {
 		return 0
@@ -53,7 +56,7 @@ func (r loadResult) cpuPerReq() time.Duration {
 	return r.cpu / time.Duration(r.ok)
 }
 
-// allocsPerReq is the whole process's heap allocations per success. Unlike
+// allocsPerReq is the whole benchmark's heap allocations per success. Unlike
 // CPU time it does not depend on what else the machine runs.
 func (r loadResult) allocsPerReq() float64 {
 	if r.ok == 0 {
@@ -66,6 +69,9 @@ func (r loadResult) allocsPerReq() float64 {
 // all, or more than 1% failures, means the setup is broken and the figures
 // would mislead.
 func (r loadResult) check(what string) error {
+	if r.usageErr != nil {
+		return fmt.Errorf("%s: %w", what, r.usageErr)
+	}
 	if r.ok == 0 || r.errs*100 > r.ok+r.errs {
 		return fmt.Errorf("%s: %d successes, %d failures (first: %v)", what, r.ok, r.errs, r.firstErr)
 	}
@@ -127,17 +133,21 @@ func (t *tally) fail(err error) {
 	}
 }
 
-// tallyWindow reads this process's CPU and allocations and the machine's
-// idle time over the window [from, to], waits for the load's goroutines
+// tallyWindow reads the CPU and allocations of this process and of the NATS
+// server's (usage), and the machine's idle time, over the window
+// [from, to], waits for the load's goroutines
 // in wg, and sums their tallies.
 func tallyWindow(ctx context.Context, from, to time.Time, wg *sync.WaitGroup, res []tally) loadResult {
 	sleepUntil(ctx, from)
-	cpu0, allocs0, sys0 := cpuTime(), heapAllocs(), readSysCPU()
+	sys0 := readSysCPU()
+	cpu0, allocs0, err0 := usage()
 	sleepUntil(ctx, to)
-	cpu1, allocs1, sys1 := cpuTime(), heapAllocs(), readSysCPU()
+	cpu1, allocs1, err1 := usage()
+	sys1 := readSysCPU()
 	wg.Wait()
 
-	out := loadResult{window: to.Sub(from), cpu: cpu1 - cpu0, allocs: allocs1 - allocs0, idle: sys1.idleSince(sys0)}
+	out := loadResult{window: to.Sub(from), cpu: cpu1 - cpu0, allocs: allocs1 - allocs0, idle: sys1.idleSince(sys0),
+		usageErr: errors.Join(err0, err1)}
 	n := 0
 	for i := range res {
 		n += len(res[i].lat)

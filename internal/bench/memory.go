@@ -82,7 +82,7 @@ func holdInFlight(ctx context.Context, e *env, http2, dedup bool) ([]row, error)
 			return nil, err
 		}
 	}
-	st, err := newStackOver(0, cert, e.log)
+	st, err := newStackOver(0, cert, e)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +95,7 @@ func holdInFlight(ctx context.Context, e *env, http2, dedup bool) ([]row, error)
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	args := []string{ChildCommand,
-		"-nats", st.ns.ClientURL(), "-upstream", st.up.URL,
+		"-nats", st.nats.ClientURL(), "-upstream", st.up.URL,
 		"-concurrency", strconv.Itoa(n), "-http-timeout", (e.opts.Hold + 15*time.Second).String(),
 		"-log-level", e.opts.LogLevel.String(), "-dedup=" + strconv.FormatBool(dedup)}
 	if cert != nil {

@@ -64,7 +64,7 @@ func roundsNote(runs []loadResult) string {
 // baseline and pipeline alternate so that the machine's drift hits both.
 func scenario1(ctx context.Context, e *env) ([]row, error) {
 	const clients = 64
-	st, err := newStack(0, e.log)
+	st, err := newStack(0, e)
 	if err != nil {
 		return nil, err
 	}
@@ -120,6 +120,11 @@ func scenario1(ctx context.Context, e *env) ([]row, error) {
 				return loadResult{}, err
 			}
 			defer writeAllocs(strings.TrimSuffix(profile, ".pprof") + "-allocs-after.pprof")
+			stop, err := st.profileNATS(strings.TrimSuffix(profile, ".pprof") + "-nats.pprof")
+			if err != nil {
+				return loadResult{}, err
+			}
+			defer stop()
 		}
 		res := load(httpDoer(target, codePrefix(), tr))
 		return res, res.check(v.name)
@@ -219,7 +224,7 @@ func scenario2(ctx context.Context, e *env) ([]row, error) {
 	const latency = 100 * time.Millisecond
 	clients := e.opts.Clients2
 	ideal := float64(clients) / latency.Seconds()
-	st, err := newStack(latency, e.log)
+	st, err := newStack(latency, e)
 	if err != nil {
 		return nil, err
 	}
@@ -275,7 +280,7 @@ func coresForIdeal(ideal float64, res loadResult) string {
 func scenario4(ctx context.Context, e *env) ([]row, error) {
 	const latency = 50 * time.Millisecond
 	perWorker := e.opts.PerWorker
-	st, err := newStack(latency, e.log)
+	st, err := newStack(latency, e)
 	if err != nil {
 		return nil, err
 	}
@@ -320,7 +325,7 @@ func scenario4(ctx context.Context, e *env) ([]row, error) {
 // wxlogin.code2session over NATS, without the edge.
 func scenario5(ctx context.Context, e *env) ([]row, error) {
 	const clients = 64
-	st, err := newStack(0, e.log)
+	st, err := newStack(0, e)
 	if err != nil {
 		return nil, err
 	}

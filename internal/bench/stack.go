@@ -186,36 +186,66 @@ func startUpstream(latency time.Duration, cert *fakewx.TLSCert, logger *slog.Log
 // connections out of the next one's figures.
 type stack struct {
 	log      *slog.Logger
-	ns       *server.Server
+	nats     natsServer
 	storeDir string
 	up       *upstream
 	closers  []func()
 }
 
-func newStack(latency time.Duration, logger *slog.Logger) (*stack, error) {
-	return newStackOver(latency, nil, logger)
+func newStack(latency time.Duration, e *env) (*stack, error) {
+	return newStackOver(latency, nil, e)
 }
 
 // newStackOver is newStack with the fake WeChat served over HTTPS with
-// cert, or over plain HTTP if cert is nil.
-func newStackOver(latency time.Duration, cert *fakewx.TLSCert, logger *slog.Logger) (*stack, error) {
+// cert, or over plain HTTP if cert is nil. The NATS server runs in this
+// process, or in a child process with Options.NATSChild (natsProc).
+func newStackOver(latency time.Duration, cert *fakewx.TLSCert, e *env) (*stack, error) {
 	dir, err := os.MkdirTemp("", "wxbench-nats-")
 	if err != nil {
 		return nil, fmt.Errorf("making a JetStream store dir: %w", err)
 	}
-	s := &stack{log: logger, storeDir: dir}
-	as("nats-server", func() {
-		s.ns, err = embednats.Start(embednats.Options{Name: "wxbench", Port: -1, JetStream: true, StoreDir: dir}, logger)
-	})
+	s := &stack{log: e.log, storeDir: dir}
+	if e.opts.NATSChild {
+		var p *natsProc
+		if p, err = startNATSProc(dir, e.opts.LogLevel, e.stderr); err == nil {
+			countUsage(p)
+			s.nats = p
+		}
+	} else {
+		as("nats-server", func() {
+			var ns *server.Server
+			ns, err = embednats.Start(embednats.Options{Name: "wxbench", Port: -1, JetStream: true, StoreDir: dir}, e.log)
+			if err == nil {
+				s.nats = inProcessNATS{ns}
+			}
+		})
+	}
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	if s.up, err = startUpstream(latency, cert, logger); err != nil {
+	if s.up, err = startUpstream(latency, cert, e.log); err != nil {
 		s.close()
 		return nil, fmt.Errorf("starting the fake WeChat: %w", err)
 	}
 	return s, nil
+}
+
+// profileNATS profiles a NATS server process's CPU into path until stop
+// is called. A server in this process is in this process's profile.
+func (s *stack) profileNATS(path string) (stop func(), err error) {
+	p, ok := s.nats.(*natsProc)
+	if !ok {
+		return func() {}, nil
+	}
+	if err := p.profile(path); err != nil {
+		return nil, err
+	}
+	return func() {
+		if err := p.profile(""); err != nil {
+			s.log.Warn("stopping the NATS server's profile", "error", err)
+		}
+	}, nil
 }
 
 // close stops everything started on the stack, newest first.
@@ -226,8 +256,10 @@ func (s *stack) close() {
 	if s.up != nil {
 		s.up.close()
 	}
-	s.ns.Shutdown()
-	s.ns.WaitForShutdown()
+	if p, ok := s.nats.(*natsProc); ok {
+		uncountUsage(p)
+	}
+	s.nats.Shutdown()
 	os.RemoveAll(s.storeDir)
 }
 
@@ -235,7 +267,7 @@ func (s *stack) close() {
 // binaries do: edge and workers are separate processes in production, so
 // they talk over the network, not in-process.
 func (s *stack) connect(name string, extra ...nats.Option) (*nats.Conn, error) {
-	nc, err := nats.Connect(s.ns.ClientURL(), append(natsconn.Resilient(name, s.log), extra...)...)
+	nc, err := nats.Connect(s.nats.ClientURL(), append(natsconn.Resilient(name, s.log), extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connecting %s to nats: %w", name, err)
 	}
@@ -391,7 +423,7 @@ func probe(ctx context.Context, tr *http.Transport, base, code string) error {
 // kvBuckets names the JetStream key-value buckets on the stack's server:
 // how the benchmark tells whether the worker really de-duplicated.
 func (s *stack) kvBuckets(ctx context.Context) ([]string, error) {
-	nc, err := nats.Connect(s.ns.ClientURL())
+	nc, err := nats.Connect(s.nats.ClientURL())
 	if err != nil {
 		return nil, err
 	}

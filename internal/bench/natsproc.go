@@ -1,0 +1,281 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/wxlogin/wxlogin/internal/embednats"
+)
+
+// NATSChildCommand, as wxbench's first argument, makes it the benchmark's
+// NATS server process (RunNATSChild).
+const NATSChildCommand = "__nats"
+
+// The NATS child's control subjects: what it has used so far, and CPU
+// profiling on (a file name) or off (nothing).
+const (
+	natsUsageSubject   = "wxbench.child.nats.usage"
+	natsProfileSubject = "wxbench.child.nats.profile"
+)
+
+// natsServer is the stack's NATS server, in a child process (natsProc)
+// or in this one (inProcessNATS).
+type natsServer interface {
+	ClientURL() string
+	Shutdown()
+}
+
+type inProcessNATS struct{ *server.Server }
+
+func (s inProcessNATS) Shutdown() {
+	s.Server.Shutdown()
+	s.Server.WaitForShutdown()
+}
+
+// natsProc is the NATS server in a process of its own (-nats-child), as
+// in a split deployment. Its JetStream store holds every code's answer for
+// WX_RESULT_TTL, tens of MB by the end of scenario 1. In the benchmark's
+// process, every garbage collection set off by the load generator, the
+// fake, the edge and the workers marks that heap too, which lengthens
+// every setup's tail, the baseline's included. Apart, the store costs
+// only its own process; but two Go runtimes then share the cores, and
+// waking the server's threads for each message costs CPU that a server in
+// the same process does not spend. Its CPU and allocations count as the
+// benchmark's (usage).
+type natsProc struct {
+	url   string
+	cmd   *exec.Cmd
+	stdin io.Closer
+	ctl   *nats.Conn
+}
+
+// usageOf is what a NATS child has used so far.
+type usageOf struct {
+	CPU    time.Duration `json:"cpu_ns"`
+	Allocs uint64        `json:"allocs"`
+}
+
+func startNATSProc(storeDir string, level slog.Level, stderr io.Writer) (*natsProc, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("finding this program to start the NATS server: %w", err)
+	}
+	cmd := exec.Command(exe, NATSChildCommand, "-store", storeDir, "-log-level", level.String())
+	cmd.Stderr = stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	// The child ends when this pipe closes, so it cannot outlive us even
+	// if we are killed.
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting the NATS server process: %w", err)
+	}
+	p := &natsProc{cmd: cmd, stdin: stdin}
+	// Its first line is its client URL; EOF if it failed to start.
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if p.url = strings.TrimSpace(line); err != nil || !strings.HasPrefix(p.url, "nats://") {
+		p.Shutdown()
+		return nil, fmt.Errorf("the NATS server process did not start (said %q): %v", p.url, err)
+	}
+	if p.ctl, err = nats.Connect(p.url, nats.Name("wxbench-control")); err != nil {
+		p.Shutdown()
+		return nil, fmt.Errorf("connecting to the NATS server process: %w", err)
+	}
+	return p, nil
+}
+
+func (p *natsProc) ClientURL() string { return p.url }
+
+// Shutdown asks the child to stop and waits for it, killing it if it
+// takes longer than a few seconds.
+func (p *natsProc) Shutdown() {
+	if p.ctl != nil {
+		p.ctl.Close()
+	}
+	p.stdin.Close()
+	done := make(chan struct{})
+	go func() { p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func (p *natsProc) usage() (usageOf, error) {
+	var u usageOf
+	m, err := p.ctl.Request(natsUsageSubject, nil, 5*time.Second)
+	if err != nil {
+		return u, fmt.Errorf("asking the NATS server process for its CPU time: %w", err)
+	}
+	return u, json.Unmarshal(m.Data, &u)
+}
+
+// profile starts the child's CPU profile into path, or stops it if path
+// is empty.
+func (p *natsProc) profile(path string) error {
+	m, err := p.ctl.Request(natsProfileSubject, []byte(path), 10*time.Second)
+	if err != nil {
+		return fmt.Errorf("NATS server process profile: %w", err)
+	}
+	if len(m.Data) > 0 {
+		return fmt.Errorf("NATS server process profile: %s", m.Data)
+	}
+	return nil
+}
+
+// counted are the child processes whose CPU and allocations count as
+// this process's own in every run's figures: the current stack's NATS
+// server, if it runs apart.
+var counted struct {
+	sync.Mutex
+	procs []*natsProc
+}
+
+func countUsage(p *natsProc) {
+	counted.Lock()
+	defer counted.Unlock()
+	counted.procs = append(counted.procs, p)
+}
+
+func uncountUsage(p *natsProc) {
+	counted.Lock()
+	defer counted.Unlock()
+	counted.procs = slices.DeleteFunc(counted.procs, func(q *natsProc) bool { return q == p })
+}
+
+// usage is the CPU and heap allocations used so far by this process and
+// the children counted with it.
+func usage() (cpu time.Duration, allocs uint64, err error) {
+	cpu, allocs = cpuTime(), heapAllocs()
+	counted.Lock()
+	procs := append([]*natsProc(nil), counted.procs...)
+	counted.Unlock()
+	for _, p := range procs {
+		u, uerr := p.usage()
+		if uerr != nil {
+			return 0, 0, uerr
+		}
+		cpu += u.CPU
+		allocs += u.Allocs
+	}
+	return cpu, allocs, nil
+}
+
+// RunNATSChild is the benchmark's NATS server process: a server with
+// JetStream storing in -store, as embednats runs it for the all-in-one.
+// It prints its client URL on stdout, answers the control subjects, and
+// runs until ctx ends or stdin closes (the benchmark ended).
+func RunNATSChild(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet(NATSChildCommand, flag.ContinueOnError)
+	dir := fs.String("store", "", "JetStream store directory")
+	level := fs.String("log-level", "WARN", "log level")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return errors.New("-store is required")
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})).With("process", "wxbench-nats")
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		io.Copy(io.Discard, stdin)
+		cancel()
+	}()
+
+	ns, err := embednats.Start(embednats.Options{Name: "wxbench", Port: -1, JetStream: true, StoreDir: *dir}, logger)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}()
+	nc, err := nats.Connect(ns.ClientURL(), nats.InProcessServer(ns))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	if _, err := nc.Subscribe(natsUsageSubject, func(m *nats.Msg) {
+		b, _ := json.Marshal(usageOf{CPU: cpuTime(), Allocs: heapAllocs()})
+		m.Respond(b)
+	}); err != nil {
+		return err
+	}
+	var prof *os.File
+	defer func() {
+		if prof != nil {
+			pprof.StopCPUProfile()
+			prof.Close()
+		}
+	}()
+	if _, err := nc.Subscribe(natsProfileSubject, func(m *nats.Msg) {
+		m.Respond([]byte(switchProfile(&prof, string(m.Data))))
+	}); err != nil {
+		return err
+	}
+	if err := nc.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, ns.ClientURL())
+	<-ctx.Done()
+	return nil
+}
+
+// switchProfile starts a CPU profile into path, or stops the running one
+// if path is empty; it returns what went wrong, or "".
+func switchProfile(prof **os.File, path string) string {
+	if path == "" {
+		if *prof == nil {
+			return "no profile is running"
+		}
+		pprof.StopCPUProfile()
+		err := (*prof).Close()
+		*prof = nil
+		if err != nil {
+			return err.Error()
+		}
+		return ""
+	}
+	if *prof != nil {
+		return "a profile is already running"
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err.Error()
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return err.Error()
+	}
+	*prof = f
+	return ""
+}
