@@ -284,18 +284,11 @@ func RunChild(ctx context.Context, args []string, stdin io.Reader, stderr io.Wri
 	if *profileRate > 0 {
 		runtime.MemProfileRate = *profileRate
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		return fmt.Errorf("-log-level: %w", err)
+	ctx, cancel, logger, err := startChild(ctx, *level, stdin, stderr, "wxbench-worker")
+	if err != nil {
+		return err
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})).With("process", "wxbench-worker")
-
-	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() {
-		io.Copy(io.Discard, stdin)
-		cancel()
-	}()
 
 	opts := []wechat.Option{wechat.IdleConns(*concurrency)}
 	if *caFile != "" {
@@ -395,4 +388,21 @@ func rssBytes() (uint64, error) {
 		}
 	}
 	return 0, errors.New("no VmRSS in /proc/self/status")
+}
+
+// startChild is what a child process of the benchmark does first: its
+// logger, at the level the parent gave, and a context that ends when
+// stdin closes, so that the child cannot outlive the benchmark.
+func startChild(ctx context.Context, level string, stdin io.Reader, stderr io.Writer, process string) (context.Context, context.CancelFunc, *slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, nil, nil, fmt.Errorf("-log-level: %w", err)
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})).With("process", process)
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		io.Copy(io.Discard, stdin)
+		cancel()
+	}()
+	return ctx, cancel, logger, nil
 }

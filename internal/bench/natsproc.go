@@ -41,6 +41,12 @@ type natsServer interface {
 	Shutdown()
 }
 
+// startNATS starts the benchmark's NATS server, with JetStream storing
+// in dir, in this process.
+func startNATS(dir string, logger *slog.Logger) (*server.Server, error) {
+	return embednats.Start(embednats.Options{Name: "wxbench", Port: -1, JetStream: true, StoreDir: dir}, logger)
+}
+
 type inProcessNATS struct{ *server.Server }
 
 func (s inProcessNATS) Shutdown() {
@@ -198,20 +204,13 @@ func RunNATSChild(ctx context.Context, args []string, stdin io.Reader, stdout, s
 	if *dir == "" {
 		return errors.New("-store is required")
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		return fmt.Errorf("-log-level: %w", err)
+	ctx, cancel, logger, err := startChild(ctx, *level, stdin, stderr, "wxbench-nats")
+	if err != nil {
+		return err
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})).With("process", "wxbench-nats")
-
-	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() {
-		io.Copy(io.Discard, stdin)
-		cancel()
-	}()
 
-	ns, err := embednats.Start(embednats.Options{Name: "wxbench", Port: -1, JetStream: true, StoreDir: *dir}, logger)
+	ns, err := startNATS(*dir, logger)
 	if err != nil {
 		return err
 	}

@@ -20,7 +20,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxlogin/wxlogin/internal/edge"
-	"github.com/wxlogin/wxlogin/internal/embednats"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/httpserver"
@@ -214,7 +213,7 @@ func newStackOver(latency time.Duration, cert *fakewx.TLSCert, e *env) (*stack, 
 	} else {
 		as("nats-server", func() {
 			var ns *server.Server
-			ns, err = embednats.Start(embednats.Options{Name: "wxbench", Port: -1, JetStream: true, StoreDir: dir}, e.log)
+			ns, err = startNATS(dir, e.log)
 			if err == nil {
 				s.nats = inProcessNATS{ns}
 			}
