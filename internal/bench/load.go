@@ -33,7 +33,8 @@ type loadResult struct {
 	usageErr error         // cpu and allocs could not be read
 }
 
-// cores is how many CPUs this process kept busy during the window.
+// cores is how many CPUs the benchmark's processes kept busy during the
+// window.
 func (r loadResult) cores() float64 { return r.cpu.Seconds() / r.window.Seconds() }
 
 func (r loadResult) rps() float64 { return float64(r.ok) / r.window.Seconds() }

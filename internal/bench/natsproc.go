@@ -108,6 +108,7 @@ func startNATSProc(storeDir string, level slog.Level, stderr io.Writer) (*natsPr
 		p.Shutdown()
 		return nil, fmt.Errorf("connecting to the NATS server process: %w", err)
 	}
+	counted.add(p)
 	return p, nil
 }
 
@@ -116,6 +117,7 @@ func (p *natsProc) ClientURL() string { return p.url }
 // Shutdown asks the child to stop and waits for it, killing it if it
 // takes longer than a few seconds.
 func (p *natsProc) Shutdown() {
+	counted.remove(p)
 	if p.ctl != nil {
 		p.ctl.Close()
 	}
@@ -152,34 +154,38 @@ func (p *natsProc) profile(path string) error {
 	return nil
 }
 
-// counted are the child processes whose CPU and allocations count as
-// this process's own in every run's figures: the current stack's NATS
-// server, if it runs apart.
-var counted struct {
-	sync.Mutex
+// counted are the NATS server processes running, whose CPU and
+// allocations count as this process's own in every run's figures.
+var counted procSet
+
+type procSet struct {
+	mu    sync.Mutex
 	procs []*natsProc
 }
 
-func countUsage(p *natsProc) {
-	counted.Lock()
-	defer counted.Unlock()
-	counted.procs = append(counted.procs, p)
+func (s *procSet) add(p *natsProc) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.procs = append(s.procs, p)
 }
 
-func uncountUsage(p *natsProc) {
-	counted.Lock()
-	defer counted.Unlock()
-	counted.procs = slices.DeleteFunc(counted.procs, func(q *natsProc) bool { return q == p })
+func (s *procSet) remove(p *natsProc) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.procs = slices.DeleteFunc(s.procs, func(q *natsProc) bool { return q == p })
+}
+
+func (s *procSet) list() []*natsProc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.procs)
 }
 
 // usage is the CPU and heap allocations used so far by this process and
-// the children counted with it.
+// the NATS server processes running.
 func usage() (cpu time.Duration, allocs uint64, err error) {
 	cpu, allocs = cpuTime(), heapAllocs()
-	counted.Lock()
-	procs := append([]*natsProc(nil), counted.procs...)
-	counted.Unlock()
-	for _, p := range procs {
+	for _, p := range counted.list() {
 		u, uerr := p.usage()
 		if uerr != nil {
 			return 0, 0, uerr

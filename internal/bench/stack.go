@@ -207,7 +207,6 @@ func newStackOver(latency time.Duration, cert *fakewx.TLSCert, e *env) (*stack, 
 	if e.opts.NATSChild {
 		var p *natsProc
 		if p, err = startNATSProc(dir, e.opts.LogLevel, e.stderr); err == nil {
-			countUsage(p)
 			s.nats = p
 		}
 	} else {
@@ -254,9 +253,6 @@ func (s *stack) close() {
 	}
 	if s.up != nil {
 		s.up.close()
-	}
-	if p, ok := s.nats.(*natsProc); ok {
-		uncountUsage(p)
 	}
 	s.nats.Shutdown()
 	os.RemoveAll(s.storeDir)
