@@ -21,8 +21,9 @@ import (
 // 4.7 ms on a 2-core machine; kept as bytes, 119 bytes and 0.3 ms
 // (BenchmarkGCWithFullCache).
 type cache struct {
-	ttl time.Duration
-	max int
+	ttl      time.Duration
+	max      int // answers in both generations
+	maxBytes int // of one generation's data
 
 	mu        sync.Mutex
 	cur, prev generation
@@ -43,7 +44,8 @@ type span struct{ off, len uint32 }
 func newGeneration() generation { return generation{spans: map[slot]span{}} }
 
 func newCache(ttl time.Duration, max int) *cache {
-	return &cache{ttl: ttl, max: max, cur: newGeneration(), prev: newGeneration(), since: time.Now()}
+	return &cache{ttl: ttl, max: max, maxBytes: min(max/2*maxAnswerBytes, 1<<31),
+		cur: newGeneration(), prev: newGeneration(), since: time.Now()}
 }
 
 // slotOf is key's slot. Keys that are not 32 hex digits (only tests make
@@ -82,22 +84,24 @@ func (c *cache) get(key string) (answer, bool) {
 	return decode(b)
 }
 
-// put keeps a, given with its encoding (answer.encode).
+// put keeps an answer, given encoded (answer.encode).
 func (c *cache) put(key string, encoded []byte) {
 	k := slotOf(key)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rotate(time.Now())
-	if len(c.cur.spans) >= c.max/2 || len(c.cur.data)+len(encoded) > maxGenerationBytes {
+	if len(c.cur.spans) >= c.max/2 || len(c.cur.data)+len(encoded) > c.maxBytes {
 		c.prev, c.cur, c.since = c.cur, newGeneration(), time.Now()
 	}
 	c.cur.spans[k] = span{off: uint32(len(c.cur.data)), len: uint32(len(encoded))}
 	c.cur.data = append(c.cur.data, encoded...)
 }
 
-// maxGenerationBytes keeps spans' offsets in range. Answers are under 200
-// bytes, so LocalMax would have to be in the tens of millions to reach it.
-const maxGenerationBytes = 1 << 31
+// maxAnswerBytes bounds a generation's data at max/2 answers of this
+// size, should the same key ever be put again and again (its older copies
+// stay in data until the generation goes). Answers are under 400 bytes.
+// The bound also keeps spans' offsets within uint32.
+const maxAnswerBytes = 1024
 
 func (c *cache) rotate(now time.Time) {
 	switch age := now.Sub(c.since); {

@@ -65,6 +65,13 @@ func TestCacheBoundsAndExpiry(t *testing.T) {
 	if n := len(c.cur.spans) + len(c.prev.spans); n > 10 {
 		t.Errorf("cache holds %d entries, max 10", n)
 	}
+	v := answer{Result: protocol.Result{OpenID: "o"}}.encode()
+	for range 10_000 { // one key again and again: its old copies must not pile up
+		c.put("same", v)
+	}
+	if n := len(c.cur.data) + len(c.prev.data); n > 10*maxAnswerBytes {
+		t.Errorf("cache holds %d bytes for max 10 answers", n)
+	}
 	c = newCache(time.Minute, 100)
 	c.put("k", answer{Result: protocol.Result{OpenID: "o"}}.encode())
 	c.since = c.since.Add(-61 * time.Second) // one generation later: still there
