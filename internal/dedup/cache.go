@@ -13,17 +13,18 @@ import (
 // lives between ttl and 2×ttl (or until max newer answers push it out),
 // with no per-entry timers and no sweeping.
 //
-// A generation holds no pointers: keys are 16 bytes and answers are kept
-// encoded (the store's format) in one byte slice, the map giving each
-// answer's span of it. The garbage collector thus never walks the cache.
-// Kept as strings and structs, 100,000 answers (the default LocalMax)
-// took 190 bytes each, and a collection of a process holding them took
-// 4.7 ms on a 2-core machine; kept as bytes, 119 bytes and 0.3 ms
-// (BenchmarkGCWithFullCache).
+// A generation holds almost no pointers: keys are 16 bytes and answers
+// are kept encoded (the store's format) in 64 KiB chunks of bytes, the map
+// giving each answer's place. The garbage collector thus never walks the
+// answers. Kept as strings and structs, 100,000 answers (the default
+// LocalMax) took 190 bytes each, and a collection of a process holding
+// them took 4.7 ms on a 2-core machine; kept as bytes, 119 bytes and
+// 0.3 ms (BenchmarkGCWithFullCache). Chunks are never grown: growing one
+// slice would copy megabytes under the lock every worker's exchange takes.
 type cache struct {
 	ttl      time.Duration
 	max      int // answers in both generations
-	maxBytes int // of one generation's data
+	maxBytes int // of one generation's chunks
 
 	mu        sync.Mutex
 	cur, prev generation
@@ -31,22 +32,31 @@ type cache struct {
 }
 
 type generation struct {
-	spans map[slot]span
-	data  []byte // encoded answers, appended; never written over
+	places map[slot]place
+	chunks [][]byte // encoded answers, appended; never written over
+	size   int      // bytes in chunks
 }
 
 // slot is the map key for a bucket key: Keyer's 32 hex digits as the 16
 // bytes they spell.
 type slot [16]byte
 
-type span struct{ off, len uint32 }
+// place is where an answer's bytes are: chunk, offset, length.
+type place struct{ chunk, off, len uint32 }
 
-func newGeneration() generation { return generation{spans: map[slot]span{}} }
+const chunkSize = 64 << 10
+
+func newGeneration() generation { return generation{places: map[slot]place{}} }
 
 func newCache(ttl time.Duration, max int) *cache {
-	return &cache{ttl: ttl, max: max, maxBytes: min(max/2*maxAnswerBytes, 1<<31),
+	return &cache{ttl: ttl, max: max, maxBytes: max / 2 * maxAnswerBytes,
 		cur: newGeneration(), prev: newGeneration(), since: time.Now()}
 }
+
+// maxAnswerBytes bounds a generation's bytes at max/2 answers of this
+// size, should the same key ever be put again and again (its older copies
+// stay until the generation goes). Answers are under 400 bytes.
+const maxAnswerBytes = 1024
 
 // slotOf is key's slot. Keys that are not 32 hex digits (only tests make
 // such) take the first half of their SHA-256.
@@ -66,21 +76,15 @@ func (c *cache) get(key string) (answer, bool) {
 	k := slotOf(key)
 	c.mu.Lock()
 	c.rotate(time.Now())
-	g := &c.cur
-	sp, ok := g.spans[k]
+	b, ok := c.cur.lookup(k)
 	if !ok {
-		g = &c.prev
-		sp, ok = g.spans[k]
-	}
-	var b []byte
-	if ok {
-		// The bytes stay valid outside the lock: data is only appended to.
-		b = g.data[sp.off : sp.off+sp.len : sp.off+sp.len]
+		b, ok = c.prev.lookup(k)
 	}
 	c.mu.Unlock()
 	if !ok {
 		return answer{}, false
 	}
+	// The bytes stay valid outside the lock: chunks are only appended to.
 	return decode(b)
 }
 
@@ -90,18 +94,31 @@ func (c *cache) put(key string, encoded []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rotate(time.Now())
-	if len(c.cur.spans) >= c.max/2 || len(c.cur.data)+len(encoded) > c.maxBytes {
+	if len(c.cur.places) >= c.max/2 || c.cur.size+len(encoded) > c.maxBytes {
 		c.prev, c.cur, c.since = c.cur, newGeneration(), time.Now()
 	}
-	c.cur.spans[k] = span{off: uint32(len(c.cur.data)), len: uint32(len(encoded))}
-	c.cur.data = append(c.cur.data, encoded...)
+	c.cur.add(k, encoded)
 }
 
-// maxAnswerBytes bounds a generation's data at max/2 answers of this
-// size, should the same key ever be put again and again (its older copies
-// stay in data until the generation goes). Answers are under 400 bytes.
-// The bound also keeps spans' offsets within uint32.
-const maxAnswerBytes = 1024
+func (g *generation) lookup(k slot) ([]byte, bool) {
+	p, ok := g.places[k]
+	if !ok {
+		return nil, false
+	}
+	return g.chunks[p.chunk][p.off : p.off+p.len : p.off+p.len], true
+}
+
+func (g *generation) add(k slot, b []byte) {
+	n := len(g.chunks)
+	if n == 0 || cap(g.chunks[n-1])-len(g.chunks[n-1]) < len(b) {
+		g.chunks = append(g.chunks, make([]byte, 0, max(chunkSize, len(b))))
+		n++
+	}
+	last := &g.chunks[n-1]
+	g.places[k] = place{chunk: uint32(n - 1), off: uint32(len(*last)), len: uint32(len(b))}
+	*last = append(*last, b...)
+	g.size += len(b)
+}
 
 func (c *cache) rotate(now time.Time) {
 	switch age := now.Sub(c.since); {

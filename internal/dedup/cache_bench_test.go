@@ -3,6 +3,7 @@ package dedup
 import (
 	"runtime"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,4 +33,22 @@ func BenchmarkGCWithFullCache(b *testing.B) {
 	}
 	runtime.KeepAlive(c)
 	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/answer")
+}
+
+// BenchmarkCachePutGet is the cache as busy workers use it: every
+// exchange looks its key up, and most then put an answer, from many
+// goroutines at once.
+func BenchmarkCachePutGet(b *testing.B) {
+	c := newCache(time.Hour, 100_000)
+	k := NewKeyer("secret", "wxapp")
+	v := answer{Result: protocol.Result{OpenID: "oc7iHOjffdgFwpp_Ss17I5TUYXtW", UnionID: "uSGoVuFtSp09hrQj9-uLCn5dw-bB"}}.encode()
+	var n atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			key := k.Key(strconv.FormatInt(n.Add(1), 10))
+			if _, ok := c.get(key); !ok {
+				c.put(key, v)
+			}
+		}
+	})
 }

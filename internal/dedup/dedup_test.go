@@ -62,14 +62,14 @@ func TestCacheBoundsAndExpiry(t *testing.T) {
 	for i := range 100 {
 		c.put(string(rune('a'+i%26))+string(rune(i)), answer{}.encode())
 	}
-	if n := len(c.cur.spans) + len(c.prev.spans); n > 10 {
+	if n := len(c.cur.places) + len(c.prev.places); n > 10 {
 		t.Errorf("cache holds %d entries, max 10", n)
 	}
 	v := answer{Result: protocol.Result{OpenID: "o"}}.encode()
 	for range 10_000 { // one key again and again: its old copies must not pile up
 		c.put("same", v)
 	}
-	if n := len(c.cur.data) + len(c.prev.data); n > 10*maxAnswerBytes {
+	if n := c.cur.size + c.prev.size; n > 10*maxAnswerBytes {
 		t.Errorf("cache holds %d bytes for max 10 answers", n)
 	}
 	c = newCache(time.Minute, 100)
@@ -120,9 +120,10 @@ func TestCacheKeepsAnswers(t *testing.T) {
 }
 
 // The cache is kept free of pointers so that the garbage collector skips
-// it (see cache); a field that adds one brings the marking cost back.
+// its answers (see cache); a field that adds one brings the marking
+// cost back.
 func TestCacheHoldsNoPointers(t *testing.T) {
-	for _, typ := range []reflect.Type{reflect.TypeFor[slot](), reflect.TypeFor[span]()} {
+	for _, typ := range []reflect.Type{reflect.TypeFor[slot](), reflect.TypeFor[place]()} {
 		if p := pointerIn(typ); p != "" {
 			t.Errorf("%s holds a pointer (%s)", typ, p)
 		}
