@@ -53,7 +53,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.InFlight, "inflight", o.InFlight, "scenario 3: exchanges held in flight")
 	fs.DurationVar(&o.Hold, "hold", o.Hold, "scenario 3: upstream latency that holds them")
 	fs.IntVar(&o.PerWorker, "concurrency4", o.PerWorker, "scenario 4: WORKER_CONCURRENCY of each worker")
-	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "scenario 1: also profile one extra run of each variant into `prefix`-<variant>.pprof")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "scenario 1: also profile one extra run of each variant: CPU into `prefix`-<variant>.pprof, allocations, lock contention and (-nats-child) the NATS server beside it")
 	fs.StringVar(&o.MemProfile, "memprofile", "", "scenario 3: the worker's heap profile and goroutines, exchanges held, into `prefix`-worker-*")
 	fs.BoolVar(&o.NATSChild, "nats-child", false, "run the NATS server in a child process of its own, as in a split deployment, instead of this process")
 	level := fs.String("log-level", "warn", "level of the components' logs (stderr): debug, info, warn, error")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
@@ -58,17 +59,31 @@ func TestQuickRun(t *testing.T) {
 	}
 }
 
-// TestNATSChildRun runs scenario 5 with the NATS server in a child process.
+// TestNATSChildRun runs scenarios 1 and 5 with the NATS server in a child
+// process, scenario 1 with its profiles.
 func TestNATSChildRun(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out, logs bytes.Buffer
-	if err := run(ctx, []string{"-quick", "-scenarios", "5", "-nats-child", "-duration", "500ms", "-warmup", "200ms"}, &out, &logs); err != nil {
+	prefix := filepath.Join(t.TempDir(), "s1")
+	err := run(ctx, []string{"-quick", "-scenarios", "1,5", "-nats-child", "-cpuprofile", prefix,
+		"-duration", "500ms", "-warmup", "200ms"}, &out, &logs)
+	if err != nil {
 		t.Fatalf("run: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), logs.String())
 	}
-	for _, want := range []string{`(?m)^components log at .*the NATS server runs in a child process`, `(?m)^5 +NATS only: .* 0 +$`} {
+	for _, want := range []string{
+		`(?m)^components log at .*the NATS server runs in a child process`,
+		`(?m)^1p +pipeline: .*dedup on \(profiled`,
+		`(?m)^5 +NATS only: .* 0 +$`,
+	} {
 		if !regexp.MustCompile(want).MatchString(out.String()) {
 			t.Errorf("output lacks %s:\n%s", want, out.String())
+		}
+	}
+	for _, suffix := range []string{".pprof", "-allocs-before.pprof", "-allocs-after.pprof", "-mutex.pprof", "-nats.pprof"} {
+		path := prefix + "-pipeline-dedup" + suffix
+		if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+			t.Errorf("profile %s: %v", path, err)
 		}
 	}
 }

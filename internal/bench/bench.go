@@ -33,7 +33,8 @@ type Options struct {
 	Hold      time.Duration // scenario 3's upstream latency, which holds them
 	PerWorker int           // scenario 4's WORKER_CONCURRENCY
 	// CPUProfile, when set, adds one unmeasured run per scenario 1 variant
-	// under the CPU profiler, written to CPUProfile-<variant>.pprof.
+	// under the profilers, written to CPUProfile-<variant>.pprof and the
+	// files beside it that profileRun names.
 	CPUProfile string
 	// MemProfile, when set, makes scenario 3's worker write its heap
 	// profile and goroutines, with the exchanges held, to

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -105,22 +106,7 @@ func scenario1(ctx context.Context, e *env) ([]row, error) {
 			return loadResult{}, err
 		}
 		if profile != "" {
-			f, err := os.Create(profile)
-			if err != nil {
-				return loadResult{}, fmt.Errorf("cpu profile: %w", err)
-			}
-			defer f.Close()
-			if err := pprof.StartCPUProfile(f); err != nil {
-				return loadResult{}, fmt.Errorf("cpu profile: %w", err)
-			}
-			defer pprof.StopCPUProfile()
-			// Allocations are cumulative: the run's own are the
-			// difference, go tool pprof -base <before> <after>.
-			if err := writeAllocs(strings.TrimSuffix(profile, ".pprof") + "-allocs-before.pprof"); err != nil {
-				return loadResult{}, err
-			}
-			defer writeAllocs(strings.TrimSuffix(profile, ".pprof") + "-allocs-after.pprof")
-			stop, err := st.profileNATS(strings.TrimSuffix(profile, ".pprof") + "-nats.pprof")
+			stop, err := profileRun(st, profile)
 			if err != nil {
 				return loadResult{}, err
 			}
@@ -205,14 +191,59 @@ func scenario1(ctx context.Context, e *env) ([]row, error) {
 // msDiff is a-b in milliseconds.
 func msDiff(a, b time.Duration) float64 { return float64(a-b) / float64(time.Millisecond) }
 
-// writeAllocs writes the allocation profile so far to path.
-func writeAllocs(path string) error {
+// profileRun starts the profiles of one run, into files named after path
+// (…/prefix-variant.pprof): CPU into path; allocations into
+// -allocs-before and -allocs-after, which are cumulative, so the run's
+// own are the difference (go tool pprof -base); lock contention into
+// -mutex; with -nats-child, the NATS server's CPU into -nats. stop ends
+// them and writes what is written at the end.
+func profileRun(st *stack, path string) (stop func(), err error) {
+	base := strings.TrimSuffix(path, ".pprof")
+	var undo []func()
+	stop = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
 	f, err := os.Create(path)
 	if err != nil {
-		return fmt.Errorf("allocation profile: %w", err)
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	undo = append(undo, func() { f.Close() })
+	if err := pprof.StartCPUProfile(f); err != nil {
+		stop()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	undo = append(undo, pprof.StopCPUProfile)
+	if err := writeProfile("allocs", base+"-allocs-before.pprof"); err != nil {
+		stop()
+		return nil, err
+	}
+	undo = append(undo, func() { writeProfile("allocs", base+"-allocs-after.pprof") })
+	// One contended lock in five sampled: enough to rank the waits, little
+	// enough not to change them.
+	runtime.SetMutexProfileFraction(5)
+	undo = append(undo, func() {
+		writeProfile("mutex", base+"-mutex.pprof")
+		runtime.SetMutexProfileFraction(0)
+	})
+	stopNATS, err := st.profileNATS(base + "-nats.pprof")
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	undo = append(undo, stopNATS)
+	return stop, nil
+}
+
+// writeProfile writes the named runtime profile so far to path.
+func writeProfile(name, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("%s profile: %w", name, err)
 	}
 	defer f.Close()
-	return pprof.Lookup("allocs").WriteTo(f, 0)
+	return pprof.Lookup(name).WriteTo(f, 0)
 }
 
 // scenario2 shows whether one worker is bound by WeChat's latency: 2,000
