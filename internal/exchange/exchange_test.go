@@ -149,9 +149,15 @@ func TestRateLimitFailsFast(t *testing.T) {
 	b := testbed.New(t, testbed.Options{})
 	cfg := b.WorkerConfig()
 	cfg.Rate, cfg.Burst = 1, 1
-	b.StartWorker(cfg)
+	// The pool-wide limiter binds in the background. A first call made
+	// before it did takes the per-worker limiter's token, which the pool's
+	// schedule does not know of; the second call could then get the pool's
+	// next slot within its budget (seen under CI load, 1 run in 60).
+	waitShared(t, []*testbed.Worker{b.StartWorker(cfg)})
 	nc := b.Connect("client")
-	if _, e := b.Request(nc, protocol.Request{Code: "first-call"}, time.Second); e != nil {
+	// Slots fall on whole seconds: the first call may wait up to 1 s for
+	// its own.
+	if _, e := b.Request(nc, protocol.Request{Code: "first-call"}, 3*time.Second); e != nil {
 		t.Fatal(e)
 	}
 	start := time.Now()
