@@ -90,15 +90,22 @@ func clientFor(t *testing.T, pool *x509.CertPool, protos func(*http.Protocols)) 
 	return &http.Client{Transport: tr}
 }
 
-func TestCallsByProtocol(t *testing.T) {
-	t.Parallel()
+// tlsFixture is a fake serving over HTTPS with a certificate of its own.
+func tlsFixture(t *testing.T) (*fixture, *fakewx.TLSCert) {
+	t.Helper()
 	cert, err := fakewx.NewTLSCert()
 	if err != nil {
 		t.Fatal(err)
 	}
 	fake := fakewx.New(fakewx.Config{Apps: []fakewx.App{bound}})
 	// fixture.try uses only the server's URL.
-	f := &fixture{t: t, fake: fake, srv: &httptest.Server{URL: serveTLS(t, fake, cert)}}
+	return &fixture{t: t, fake: fake, srv: &httptest.Server{URL: serveTLS(t, fake, cert)}}, cert
+}
+
+func TestCallsByProtocol(t *testing.T) {
+	t.Parallel()
+	f, cert := tlsFixture(t)
+	fake := f.fake
 	h1 := clientFor(t, cert.CertPool(), func(p *http.Protocols) { p.SetHTTP1(true) })
 	h2 := clientFor(t, cert.CertPool(), func(p *http.Protocols) { p.SetHTTP2(true) })
 	both := clientFor(t, cert.CertPool(), func(p *http.Protocols) { p.SetHTTP1(true); p.SetHTTP2(true) })
@@ -132,20 +139,15 @@ func TestCallsByProtocol(t *testing.T) {
 
 func TestTLSUntrusted(t *testing.T) {
 	t.Parallel()
-	cert, err := fakewx.NewTLSCert()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake := fakewx.New(fakewx.Config{Apps: []fakewx.App{bound}})
-	f := &fixture{t: t, fake: fake, srv: &httptest.Server{URL: serveTLS(t, fake, cert)}}
+	f, _ := tlsFixture(t)
 	// The system's roots do not hold the fake's certificate.
 	c := clientFor(t, nil, func(p *http.Protocols) { p.SetHTTP1(true); p.SetHTTP2(true) })
-	_, err = f.try(context.Background(), c, query(bound.AppID, bound.Secret, "untrusted", "authorization_code"))
+	_, err := f.try(context.Background(), c, query(bound.AppID, bound.Secret, "untrusted", "authorization_code"))
 	var uae x509.UnknownAuthorityError
 	if !errors.As(err, &uae) {
 		t.Fatalf("err = %v, want x509.UnknownAuthorityError", err)
 	}
-	if fake.TotalCalls() != 0 {
+	if f.fake.TotalCalls() != 0 {
 		t.Error("a request went through an untrusted connection")
 	}
 }

@@ -154,6 +154,26 @@ func callsInFlight(t *testing.T, c *Client, n int) {
 	wg.Wait()
 }
 
+// firstCall makes one call, which sets up a connection and lets the
+// client learn what the server speaks.
+func firstCall(t *testing.T, c *Client) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Code2Session(ctx, testAppID, testSecret, testCode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wantProtocols checks how many calls the fake got over HTTP/1.x and
+// over HTTP/2.
+func wantProtocols(t *testing.T, f *tlsFake, h1, h2 int64) {
+	t.Helper()
+	if got1, got2 := f.fake.CallsByProtocol(); got1 != h1 || got2 != h2 {
+		t.Errorf("calls by protocol: HTTP/1.x %d, HTTP/2 %d; want %d, %d", got1, got2, h1, h2)
+	}
+}
+
 func TestHTTP2OverTLS(t *testing.T) {
 	t.Parallel()
 	const n = 200 // below the server's 250 streams per connection
@@ -162,16 +182,10 @@ func TestHTTP2OverTLS(t *testing.T) {
 
 	// The first call sets up the connection and learns the server's
 	// stream limit; the next n all ride on it.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := c.Code2Session(ctx, testAppID, testSecret, testCode); err != nil {
-		t.Fatal(err)
-	}
+	firstCall(t, c)
 	callsInFlight(t, c, n)
 
-	if h1, h2 := f.fake.CallsByProtocol(); h1 != 0 || h2 != n+1 {
-		t.Errorf("calls by protocol: HTTP/1.x %d, HTTP/2 %d; want 0, %d", h1, h2, n+1)
-	}
+	wantProtocols(t, f, 0, n+1)
 	if used, dialled := f.usedConns(), f.newConns.Load(); used != 1 || dialled != 1 {
 		t.Errorf("%d calls in flight at once used %d connections (%d opened), want 1", n, used, dialled)
 	}
@@ -186,16 +200,10 @@ func TestHTTP2OpensConnectionsAsNeeded(t *testing.T) {
 	const n, streams = 200, 50
 	f := newTLSFake(t, streams, holdUntil(n))
 	c := newTLSClient(t, f)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := c.Code2Session(ctx, testAppID, testSecret, testCode); err != nil {
-		t.Fatal(err)
-	}
+	firstCall(t, c)
 	callsInFlight(t, c, n)
 
-	if h1, h2 := f.fake.CallsByProtocol(); h1 != 0 || h2 != n+1 {
-		t.Errorf("calls by protocol: HTTP/1.x %d, HTTP/2 %d; want 0, %d", h1, h2, n+1)
-	}
+	wantProtocols(t, f, 0, n+1)
 	used := f.usedConns()
 	t.Logf("%d calls in flight, %d streams per connection: %d connections used, %d opened", n, streams, used, f.newConns.Load())
 	if used < n/streams || used > n/10 {
@@ -248,9 +256,7 @@ func TestHTTP2BurstDialsFewConnections(t *testing.T) {
 	c := newTLSClient(t, f)
 	callsInFlight(t, c, n)
 
-	if h1, h2 := f.fake.CallsByProtocol(); h1 != 0 || h2 != n {
-		t.Errorf("calls by protocol: HTTP/1.x %d, HTTP/2 %d; want 0, %d", h1, h2, n)
-	}
+	wantProtocols(t, f, 0, n)
 	used, dialled := f.usedConns(), f.newConns.Load()
 	t.Logf("%d calls in flight, %d streams per connection: %d connections used, %d opened", n, streams, used, dialled)
 	// A connection that comes up while another still has streams free is
@@ -278,16 +284,10 @@ func TestHTTP1OverTLSDialsPerCall(t *testing.T) {
 			c := newTLSClient(t, f)
 			// The first call tells the client that the server speaks
 			// HTTP/1.1; its connection, idle again, carries one of the n.
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if _, err := c.Code2Session(ctx, testAppID, testSecret, testCode); err != nil {
-				t.Fatal(err)
-			}
+			firstCall(t, c)
 			callsInFlight(t, c, n)
 
-			if h1, h2 := f.fake.CallsByProtocol(); h1 != n+1 || h2 != 0 {
-				t.Errorf("calls by protocol: HTTP/1.x %d, HTTP/2 %d; want %d, 0", h1, h2, n+1)
-			}
+			wantProtocols(t, f, n+1, 0)
 			if used := f.usedConns(); used != n {
 				t.Errorf("%d calls in flight over HTTP/1.1 used %d connections, want %d", n, used, n)
 			}
