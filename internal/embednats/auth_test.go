@@ -367,6 +367,20 @@ func TestServiceUsers(t *testing.T) {
 			t.Errorf("user %q connected with a wrong password", creds[0])
 		}
 	}
+	// The exports themselves name who may import the trusted subjects:
+	// an account the server did not list (as if an import were added to
+	// the anonymous one) is refused.
+	wx, err := st.ns.LookupAccount(embednats.AccountWorker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := st.ns.LookupOrRegisterAccount("OTHER")
+	for _, ep := range []string{"decrypt", "phone"} {
+		if err := other.AddServiceImport(wx, prefix+"."+ep, ""); !errors.Is(err, server.ErrServiceImportAuthorization) {
+			t.Errorf("an unlisted account importing %s: %v, want refused", ep, err)
+		}
+	}
+
 	// An anonymous client asking for decrypt gets no answer.
 	anon := connect(t, st)
 	anon.mustBeDenied(t, "anonymous decrypt", prefix+".decrypt", func() error {
