@@ -1,8 +1,9 @@
 // Command wxlogin runs everything in one process: an embedded NATS server
-// (with JetStream, reachable by other services and the nats CLI on
-// NATS_LISTEN), the HTTP edge and a worker. With WX_APPS unset it also
-// runs a fake WeChat with a demo app, so a first run needs no WeChat
-// account. Configured from the environment: wxlogin -h lists the variables.
+// (with JetStream; on NATS_LISTEN, clients without credentials may only
+// ask for openids, users of NATS_USERS_FILE a little more), the HTTP edge
+// and a worker. With WX_APPS unset it also runs a fake WeChat with a demo
+// app, so a first run needs no WeChat account. Configured from the
+// environment: wxlogin -h lists the variables.
 package main
 
 import (
