@@ -163,6 +163,35 @@ func startWorker(t *testing.T, s *server.Server) (*exchange.Worker, *conn) {
 	return w, c
 }
 
+// newEndpoints are the requester subjects besides the exchange; the
+// workers do not serve them yet, so a stand-in does.
+var newEndpoints = []string{"session", "jwks", "decrypt", "phone"}
+
+// startStandIn answers the new endpoints as the worker user, in the
+// workers' queue group.
+func startStandIn(t *testing.T, s *server.Server) *conn {
+	t.Helper()
+	c := login(t, s, "worker")
+	for _, ep := range newEndpoints {
+		if _, err := c.QueueSubscribe("wxlogin."+ep, protocol.QueueGroup, func(m *nats.Msg) { m.Respond([]byte(ep + " ok")) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Flush()
+	return c
+}
+
+// askAll requests each new endpoint and checks the stand-in's answer.
+func askAll(t *testing.T, who string, nc *nats.Conn) {
+	t.Helper()
+	for _, ep := range newEndpoints {
+		reply, err := nc.Request("wxlogin."+ep, nil, 5*time.Second)
+		if err != nil || string(reply.Data) != ep+" ok" {
+			t.Errorf("%s requesting wxlogin.%s: %v", who, ep, err)
+		}
+	}
+}
+
 // ask requests an openid as a requester would, and returns the error the
 // reply carries, if any.
 func ask(t *testing.T, nc *nats.Conn, code string) (protocol.Result, error) {
@@ -218,6 +247,13 @@ func TestEdgeUser(t *testing.T) {
 	go func() { defer close(probing); workers.Run(ctx) }()
 	defer func() { cancel(); <-probing }()
 	testbed.Eventually(t, 5*time.Second, "edge sees the worker", func() bool { ok, _ := workers.Ready(); return ok })
+
+	// The login-token and decrypt subjects cross the boundary too.
+	standIn := startStandIn(t, s)
+	askAll(t, "edge", ec.Conn)
+	if v := standIn.violations(); len(v) > 0 {
+		t.Errorf("the worker was refused serving the new endpoints: %v", v)
+	}
 
 	ec.mustBeDenied(t, "edge subscribing to the exchange", "wxlogin.code2session", func() error {
 		_, err := ec.Subscribe("wxlogin.code2session", func(*nats.Msg) {})
@@ -338,6 +374,37 @@ func TestServiceUser(t *testing.T) {
 		return err
 	})
 	sc.mustBeDenied(t, "service probing discovery", "$SRV.INFO.wxlogin", func() error { return sc.Publish("$SRV.INFO.wxlogin", nil) })
+
+	// A trusted service: the login-token subjects and decrypt and phone.
+	startStandIn(t, s)
+	askAll(t, "service", sc.Conn)
+	sc.mustBeDenied(t, "service answering decrypt", "wxlogin.decrypt", func() error {
+		_, err := sc.QueueSubscribe("wxlogin.decrypt", protocol.QueueGroup, func(*nats.Msg) {})
+		return err
+	})
+}
+
+// TestTrustedSubjectsExports: decrypt and phone act for any openid, so
+// the workers export them to EDGE and APPS only; another account, as an
+// operator might add for a less trusted service, cannot import them,
+// while the other requester subjects are open to it.
+func TestTrustedSubjectsExports(t *testing.T) {
+	s := startDeployNATS(t)
+	wx, err := s.LookupAccount("WXLOGIN")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := s.LookupOrRegisterAccount("OTHER")
+	for _, ep := range []string{"code2session", "session", "jwks"} {
+		if err := other.AddServiceImport(wx, "wxlogin."+ep, ""); err != nil {
+			t.Errorf("importing wxlogin.%s: %v", ep, err)
+		}
+	}
+	for _, ep := range []string{"decrypt", "phone"} {
+		if err := other.AddServiceImport(wx, "wxlogin."+ep, ""); !errors.Is(err, server.ErrServiceImportAuthorization) {
+			t.Errorf("importing wxlogin.%s into another account: %v, want refused", ep, err)
+		}
+	}
 }
 
 // TestUnknownUserRefused: no user, a wrong password, or one user's

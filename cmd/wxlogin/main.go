@@ -1,8 +1,9 @@
 // Command wxlogin runs everything in one process: an embedded NATS server
-// (with JetStream, reachable by other services and the nats CLI on
-// NATS_LISTEN), the HTTP edge and a worker. With WX_APPS unset it also
-// runs a fake WeChat with a demo app, so a first run needs no WeChat
-// account. Configured from the environment: wxlogin -h lists the variables.
+// (with JetStream; on NATS_LISTEN, clients without credentials may only
+// ask for openids, users of NATS_USERS_FILE a little more), the HTTP edge
+// and a worker. With WX_APPS unset it also runs a fake WeChat with a demo
+// app, so a first run needs no WeChat account. Configured from the
+// environment: wxlogin -h lists the variables.
 package main
 
 import (
@@ -54,7 +55,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	logger := logging.New(stderr, cfg.Level, cfg.Format)
 
 	// Dependencies: the NATS server, and the demo upstream when no app is set.
-	ns, cleanup, err := startNATS(cfg.Embedded, logger)
+	ns, access, cleanup, err := startNATS(cfg.Embedded, cfg.SubjectPrefix, logger)
 	if err != nil {
 		return err
 	}
@@ -80,12 +81,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	// Start: edge, worker and demo upstream, stopped in that order so
 	// that each finishes its requests while what it depends on still runs.
 	edgeNC, err := nats.Connect(ns.ClientURL(), append(natsconn.Resilient("wxlogin-edge", logger),
-		nats.InProcessServer(ns), nats.ReconnectBufSize(-1))...)
+		nats.InProcessServer(ns), nats.ReconnectBufSize(-1), access.Edge())...)
 	if err != nil {
 		return fmt.Errorf("connecting edge to embedded nats: %w", err)
 	}
 	workerNC, err := nats.Connect(ns.ClientURL(), append(natsconn.Resilient("wxlogin-worker", logger),
-		nats.InProcessServer(ns))...)
+		nats.InProcessServer(ns), access.Worker())...)
 	if err != nil {
 		edgeNC.Close()
 		return fmt.Errorf("connecting worker to embedded nats: %w", err)
@@ -118,32 +119,42 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	return err
 }
 
-// startNATS runs the embedded server with JetStream. cleanup shuts it down
+// startNATS runs the embedded server with JetStream. Clients of its
+// listener without credentials may only ask for openids; access holds
+// the in-process edge's and worker's credentials. cleanup shuts it down
 // and removes a store directory it made itself.
-func startNATS(cfg config.Embedded, logger *slog.Logger) (*server.Server, func(), error) {
+func startNATS(cfg config.Embedded, prefix string, logger *slog.Logger) (*server.Server, *embednats.Access, func(), error) {
 	host, portStr, _ := net.SplitHostPort(cfg.Listen)
 	port, err := strconv.Atoi(portStr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("NATS_LISTEN: port %q is not a number", portStr)
+		return nil, nil, nil, fmt.Errorf("NATS_LISTEN: port %q is not a number", portStr)
+	}
+	users := map[string]string{}
+	for name, pw := range cfg.Users() {
+		users[name] = string(pw)
+	}
+	access, err := embednats.NewAccess(prefix, users)
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	storeDir, madeDir := cfg.StoreDir, false
 	if storeDir == "" {
 		if storeDir, err = os.MkdirTemp("", "wxlogin-nats-"); err != nil {
-			return nil, nil, fmt.Errorf("making a JetStream store dir: %w", err)
+			return nil, nil, nil, fmt.Errorf("making a JetStream store dir: %w", err)
 		}
 		madeDir = true
 	}
 	ns, err := embednats.Start(embednats.Options{
-		Name: "wxlogin", Host: host, Port: port, JetStream: true, StoreDir: storeDir,
+		Name: "wxlogin", Host: host, Port: port, JetStream: true, StoreDir: storeDir, Access: access,
 	}, logger)
 	if err != nil {
 		if madeDir {
 			os.RemoveAll(storeDir)
 		}
-		return nil, nil, fmt.Errorf("NATS_LISTEN %s: %w", cfg.Listen, err)
+		return nil, nil, nil, fmt.Errorf("NATS_LISTEN %s: %w", cfg.Listen, err)
 	}
-	logger.Info("embedded nats listening", "url", ns.ClientURL(), "jetstream", storeDir)
-	return ns, func() {
+	logger.Info("embedded nats listening", "url", ns.ClientURL(), "jetstream", storeDir, "service_users", len(users))
+	return ns, access, func() {
 		ns.Shutdown()
 		ns.WaitForShutdown()
 		if madeDir {

@@ -3,16 +3,18 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/protocol"
@@ -77,10 +79,11 @@ func TestFirstRun(t *testing.T) {
 	if res, e := protocol.DecodeReply(reply); e != nil || res.OpenID != fakewx.OpenID(fakewx.DemoAppID, "from-a-service") {
 		t.Fatalf("over NATS: %v %+v", e, res)
 	}
-	js, _ := jetstream.New(nc)
-	if _, err := js.AccountInfo(context.Background()); err != nil {
-		t.Errorf("JetStream is not on in the embedded server: %v", err)
-	}
+	// JetStream is on for the worker, behind its account: the answers
+	// are shared through its bucket.
+	testbed.Eventually(t, 10*time.Second, "de-duplication through JetStream", func() bool {
+		return strings.Contains(httpBody(t, base+"/metrics"), "\nwxlogin_dedup_shared 1\n")
+	})
 
 	cancel()
 	select {
@@ -94,6 +97,115 @@ func TestFirstRun(t *testing.T) {
 	if testbed.HTTPStatus(base+"/healthz") != 0 {
 		t.Error("edge still answering after shutdown")
 	}
+}
+
+// TestAnonymousCannotAnswerLogins is the attack of issue 14: a local
+// process connects to NATS_LISTEN without credentials, listens on the
+// exchange subject and answers every login at once with an openid of its
+// choosing, before the worker can. The server refuses the subscription,
+// so the attacker sees no code and every login gets its real openid.
+// Users of NATS_USERS_FILE may call what anonymous clients may not.
+func TestAnonymousCannotAnswerLogins(t *testing.T) {
+	usersFile := filepath.Join(t.TempDir(), "users")
+	if err := os.WriteFile(usersFile, []byte("# trusted services\nbilling: billing-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base, natsAddr := startAllInOne(t, map[string]string{"NATS_USERS_FILE": usersFile})
+
+	denied := make(chan string, 16)
+	attacker, err := nats.Connect("nats://"+natsAddr, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		if errors.Is(err, nats.ErrPermissionViolation) {
+			denied <- err.Error()
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer attacker.Close()
+	var seen atomic.Int64
+	forge := func(m *nats.Msg) {
+		seen.Add(1)
+		m.Respond([]byte(`{"openid":"forged"}`))
+	}
+	if _, err := attacker.Subscribe("wxlogin.code2session", forge); err != nil && !errors.Is(err, nats.ErrPermissionViolation) {
+		t.Fatal(err)
+	}
+	if _, err := attacker.QueueSubscribe("wxlogin.code2session", "wxlogin", forge); err != nil && !errors.Is(err, nats.ErrPermissionViolation) {
+		t.Fatal(err)
+	}
+	attacker.Flush()
+	for i := range 10 {
+		code := fmt.Sprintf("attacked-%d", i)
+		if got := httpBody(t, base+"/v1/openid?code="+code); !strings.Contains(got, `"openid":"`+fakewx.OpenID(fakewx.DemoAppID, code)+`"`) {
+			t.Errorf("login %d: %s, want the real openid", i, got)
+		}
+	}
+	for range 2 {
+		select {
+		case v := <-denied:
+			if !strings.Contains(v, `"wxlogin.code2session"`) {
+				t.Errorf("unexpected refusal: %s", v)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the server did not refuse the attacker's subscriptions")
+		}
+	}
+	if n := seen.Load(); n > 0 {
+		t.Errorf("the attacker saw %d login requests", n)
+	}
+
+	// The trusted subjects: refused without credentials; with the users
+	// file's credentials the request gets through (no worker serves it
+	// yet, hence "no responders" instead of a refusal).
+	if _, err := attacker.Request("wxlogin.decrypt", nil, 200*time.Millisecond); errors.Is(err, nats.ErrNoResponders) {
+		t.Error("an anonymous request to wxlogin.decrypt got through")
+	}
+	billing, err := nats.Connect("nats://"+natsAddr, nats.UserInfo("billing", "billing-pw"))
+	if err != nil {
+		t.Fatalf("users file credentials: %v", err)
+	}
+	defer billing.Close()
+	if _, err := billing.Request("wxlogin.decrypt", nil, 5*time.Second); !errors.Is(err, nats.ErrNoResponders) {
+		t.Errorf("billing's request to wxlogin.decrypt: %v, want no responders", err)
+	}
+}
+
+// startAllInOne runs the all-in-one with env on free addresses until the
+// test ends, and returns its edge's base URL and its NATS address.
+func startAllInOne(t *testing.T, env map[string]string) (base, natsAddr string) {
+	t.Helper()
+	edgeAddr, natsAddr := testbed.FreeAddr(t), testbed.FreeAddr(t)
+	t.Setenv("EDGE_ADDR", edgeAddr)
+	t.Setenv("NATS_LISTEN", natsAddr)
+	t.Setenv("WORKER_METRICS_ADDR", "127.0.0.1:0")
+	t.Setenv("NATS_STORE_DIR", t.TempDir())
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, io.Discard) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	base = "http://" + edgeAddr
+	testbed.Eventually(t, 10*time.Second, "readyz", func() bool { return testbed.HTTPStatus(base+"/readyz") == 200 })
+	return base, natsAddr
+}
+
+// httpBody is the body of GET u.
+func httpBody(t *testing.T, u string) string {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
 
 func TestBadSettingStopsAtStart(t *testing.T) {

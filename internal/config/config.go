@@ -106,7 +106,18 @@ type WorkerConfig struct {
 type Embedded struct {
 	Listen   string `envconfig:"NATS_LISTEN" default:"127.0.0.1:4222" desc:"where the embedded NATS server listens"`
 	StoreDir string `envconfig:"NATS_STORE_DIR" desc:"JetStream store directory; default: a directory under the OS temp dir"`
+	// Without credentials a client may only ask for openids; these users
+	// are trusted services that may also call the subjects that act for
+	// any openid (PREFIX.decrypt, PREFIX.phone).
+	UsersFile string `envconfig:"NATS_USERS_FILE" desc:"file of user:password lines (a password or a bcrypt hash) of NATS users that are trusted services; without it, clients of NATS_LISTEN are anonymous requesters only"`
+
+	// users holds NATS_USERS_FILE's users, read once by validate.
+	users map[string]Secret
 }
+
+// Users returns the users of NATS_USERS_FILE, read when the configuration
+// was loaded: name to password or bcrypt hash.
+func (e *Embedded) Users() map[string]Secret { return e.users }
 
 // AllInOneConfig is cmd/wxlogin's configuration: the edge's and the
 // worker's sections, plus the embedded server in place of NATS_URL and
@@ -174,6 +185,13 @@ func (c *AllInOneConfig) validate() error {
 	}
 	if !validPrefix(c.SubjectPrefix) {
 		errs = append(errs, errors.New("NATS_SUBJECT_PREFIX: want NATS subject tokens without spaces or wildcards"))
+	}
+	if c.UsersFile != "" {
+		users, err := readUsers(c.UsersFile)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		c.users = users
 	}
 	// With no apps the all-in-one runs its demo upstream; so apps are optional here.
 	return errors.Join(append(errs, c.Log.validate(), c.Edge.validate(), c.Worker.validate(false), c.Debug.validate())...)

@@ -111,3 +111,38 @@ func (a Apps) String() string { return strings.Join(a.IDs(), ",") }
 
 // LogValue prints appids only.
 func (a Apps) LogValue() slog.Value { return slog.StringValue(a.String()) }
+
+// readUsers reads NATS_USERS_FILE: user:password lines, the password in
+// clear or a bcrypt hash ($2a$..., from `nats server passwd`); blank lines
+// and lines starting with # are skipped. Errors name the line, never the
+// password.
+func readUsers(path string) (map[string]Secret, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("NATS_USERS_FILE: %w", err)
+	}
+	defer f.Close()
+	users := map[string]Secret{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, pw, ok := strings.Cut(line, ":")
+		name, pw = strings.TrimSpace(name), strings.TrimSpace(pw)
+		switch {
+		case !ok || name == "" || pw == "":
+			return nil, fmt.Errorf("NATS_USERS_FILE line %d: want user:password", n)
+		case !protocol.ValidToken(name):
+			return nil, fmt.Errorf("NATS_USERS_FILE line %d: a user name is printable ASCII without spaces", n)
+		case users[name] != "":
+			return nil, fmt.Errorf("NATS_USERS_FILE line %d: user %s is given twice", n, name)
+		}
+		users[name] = Secret(pw)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("NATS_USERS_FILE: %w", err)
+	}
+	return users, nil
+}

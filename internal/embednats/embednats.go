@@ -27,6 +27,10 @@ type Options struct {
 	ClusterName string
 	ClusterPort int
 	Routes      []string
+
+	// Access, when set, replaces the open default (anyone may do
+	// anything) with its accounts and users.
+	Access *Access
 }
 
 // Start runs a server and waits until it accepts clients.
@@ -58,6 +62,11 @@ func Start(o Options, logger *slog.Logger) (*server.Server, error) {
 			opts.Routes = append(opts.Routes, u)
 		}
 	}
+	if o.Access != nil {
+		if err := o.Access.configure(opts); err != nil {
+			return nil, err
+		}
+	}
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)
@@ -69,6 +78,12 @@ func Start(o Options, logger *slog.Logger) (*server.Server, error) {
 	if !s.ReadyForConnections(10 * time.Second) {
 		s.Shutdown()
 		return nil, fmt.Errorf("embedded nats: not ready to accept connections on %s:%d", o.Host, o.Port)
+	}
+	if o.Access != nil && o.JetStream {
+		if err := o.Access.enableJetStream(s); err != nil {
+			s.Shutdown()
+			return nil, err
+		}
 	}
 	return s, nil
 }
