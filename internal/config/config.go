@@ -99,6 +99,7 @@ type WorkerConfig struct {
 	NATS
 	Log
 	Worker
+	Tokens
 	Debug
 }
 
@@ -116,6 +117,7 @@ type AllInOneConfig struct {
 	Embedded
 	Edge
 	Worker
+	Tokens
 	Debug
 	SubjectPrefix string `envconfig:"NATS_SUBJECT_PREFIX" default:"wxlogin" desc:"prefix of the exchange subject PREFIX.code2session"`
 }
@@ -164,7 +166,7 @@ func (c *EdgeConfig) validate() error {
 }
 
 func (c *WorkerConfig) validate() error {
-	return errors.Join(c.NATS.validate(), c.Log.validate(), c.Worker.validate(true), c.Debug.validate())
+	return errors.Join(c.NATS.validate(), c.Log.validate(), c.Worker.validate(true), c.Tokens.validate(), c.Debug.validate())
 }
 
 func (c *AllInOneConfig) validate() error {
@@ -176,7 +178,7 @@ func (c *AllInOneConfig) validate() error {
 		errs = append(errs, errors.New("NATS_SUBJECT_PREFIX: want NATS subject tokens without spaces or wildcards"))
 	}
 	// With no apps the all-in-one runs its demo upstream; so apps are optional here.
-	return errors.Join(append(errs, c.Log.validate(), c.Edge.validate(), c.Worker.validate(false), c.Debug.validate())...)
+	return errors.Join(append(errs, c.Log.validate(), c.Edge.validate(), c.Worker.validate(false), c.Tokens.validate(), c.Debug.validate())...)
 }
 
 func (c *FakeWXConfig) validate() error {
