@@ -135,9 +135,20 @@ func (i *Issuer) Mint(appid, openid, unionid string) (string, time.Time, error) 
 		},
 		UnionID: unionid,
 	}
-	tok, err := jwt.Signed(i.signer).Claims(c).Serialize()
+	// jwt.Signed(...).Claims(c) would round-trip the claims through a map
+	// to merge them; signing their JSON directly is the same JWS for
+	// half the allocations (BenchmarkMint).
+	payload, err := json.Marshal(c)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("encoding token claims: %w", err)
+	}
+	jws, err := i.signer.Sign(payload)
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("signing a token: %w", err)
+	}
+	tok, err := jws.CompactSerialize()
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("serializing a token: %w", err)
 	}
 	return tok, exp, nil
 }

@@ -393,3 +393,14 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkEd25519Sign is the signature alone, the floor under
+// BenchmarkMint.
+func BenchmarkEd25519Sign(b *testing.B) {
+	k := newKey(b)
+	msg := make([]byte, 280)
+	b.ReportAllocs()
+	for b.Loop() {
+		ed25519.Sign(k.priv, msg)
+	}
+}
