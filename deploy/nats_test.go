@@ -34,6 +34,7 @@ import (
 	"github.com/wxlogin/wxlogin/internal/natsconn"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 	"github.com/wxlogin/wxlogin/internal/testbed"
+	"github.com/wxlogin/wxlogin/internal/token"
 	"github.com/wxlogin/wxlogin/internal/wechat"
 )
 
@@ -148,9 +149,18 @@ func startWorker(t *testing.T, s *server.Server) (*exchange.Worker, *conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	key, err := token.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := token.NewIssuer([]token.Key{key}, token.Options{Issuer: "wxlogin", TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
 	w, err := exchange.New(exchange.Config{
 		Apps: map[string]string{testbed.App.AppID: testbed.App.Secret}, HTTPTimeout: 2 * time.Second,
 		MaxAttempts: 1, Concurrency: 16, RequestTimeout: 5 * time.Second, Rate: 1000,
+		Tokens: tokens,
 	}, client, quiet)
 	if err != nil {
 		t.Fatal(err)
@@ -163,9 +173,9 @@ func startWorker(t *testing.T, s *server.Server) (*exchange.Worker, *conn) {
 	return w, c
 }
 
-// newEndpoints are the requester subjects besides the exchange; the
-// workers do not serve them yet, so a stand-in does.
-var newEndpoints = []string{"session", "jwks", "decrypt", "phone"}
+// newEndpoints are requester subjects the workers do not serve yet, so a
+// stand-in does. (jwks and session are served by the real worker.)
+var newEndpoints = []string{"decrypt", "phone"}
 
 // startStandIn answers the new endpoints as the worker user, in the
 // workers' queue group.
@@ -233,6 +243,14 @@ func TestEdgeUser(t *testing.T) {
 	if err != nil || res.OpenID != fakewx.OpenID(testbed.App.AppID, "deploy-edge-1") {
 		t.Fatalf("edge request: %v %+v", err, res)
 	}
+	// The login tokens' public keys, which the edge verifies with.
+	if reply, err := ec.Request(protocol.JWKSSubject("wxlogin"), nil, 3*time.Second); err != nil {
+		t.Errorf("edge asking for the JWKS: %v", err)
+	} else if v, err := token.ParseJWKS(reply.Data, "wxlogin"); err != nil {
+		t.Errorf("the JWKS the edge gets: %v", err)
+	} else if _, err := v.Verify(res.Token); err != nil {
+		t.Errorf("the JWKS the edge gets does not verify the token: %v", err)
+	}
 	// The contract's error replies, headers and all, cross the account
 	// boundary too.
 	if _, err := ask(t, ec.Conn, "fx-invalid-deploy"); !strings.Contains(errString(err), string(protocol.KindInvalidCode)) {
@@ -248,7 +266,11 @@ func TestEdgeUser(t *testing.T) {
 	defer func() { cancel(); <-probing }()
 	testbed.Eventually(t, 5*time.Second, "edge sees the worker", func() bool { ok, _ := workers.Ready(); return ok })
 
-	// The login-token and decrypt subjects cross the boundary too.
+	// The public keys of login tokens, from the real worker.
+	if _, err := ec.Request(protocol.JWKSSubject("wxlogin"), nil, 3*time.Second); err != nil {
+		t.Errorf("edge asking wxlogin.jwks: %v", err)
+	}
+	// The decrypt and phone subjects cross the boundary too.
 	standIn := startStandIn(t, s)
 	askAll(t, "edge", ec.Conn)
 	if v := standIn.violations(); len(v) > 0 {
@@ -263,7 +285,7 @@ func TestEdgeUser(t *testing.T) {
 		_, err := ec.QueueSubscribe("wxlogin.code2session", protocol.QueueGroup, func(*nats.Msg) {})
 		return err
 	})
-	for _, subject := range []string{"wxlogin.other", "$KV.wxlogin_results.x", "$JS.API.INFO", "$SRV.PING.wxlogin"} {
+	for _, subject := range []string{"wxlogin.other", "wxlogin.session", "$KV.wxlogin_results.x", "$JS.API.INFO", "$SRV.PING.wxlogin"} {
 		ec.mustBeDenied(t, "edge publishing to "+subject, subject, func() error { return ec.Publish(subject, nil) })
 	}
 	if v := wc.violations(); len(v) > 0 {
@@ -368,6 +390,22 @@ func TestServiceUser(t *testing.T) {
 	res, err := ask(t, sc.Conn, "deploy-service-1")
 	if err != nil || res.OpenID != fakewx.OpenID(testbed.App.AppID, "deploy-service-1") {
 		t.Fatalf("service request: %v %+v", err, res)
+	}
+	// It checks the login token over NATS, errors and all.
+	for tok, wantErr := range map[string]string{res.Token: "", "forged": "401"} {
+		body, _ := json.Marshal(protocol.SessionRequest{Token: tok})
+		reply, err := sc.Request(protocol.SessionSubject("wxlogin"), body, 3*time.Second)
+		if err != nil {
+			t.Fatalf("service asking wxlogin.session: %v", err)
+		}
+		var sess protocol.Session
+		json.Unmarshal(reply.Data, &sess)
+		if got := reply.Header.Get("Nats-Service-Error-Code"); got != wantErr || (wantErr == "" && sess.OpenID != res.OpenID) {
+			t.Errorf("session for %.8s…: error code %q, %s", tok, got, reply.Data)
+		}
+	}
+	if _, err := sc.Request(protocol.JWKSSubject("wxlogin"), nil, 3*time.Second); err != nil {
+		t.Errorf("service asking wxlogin.jwks: %v", err)
 	}
 	sc.mustBeDenied(t, "service subscribing to the exchange", "wxlogin.code2session", func() error {
 		_, err := sc.Subscribe("wxlogin.code2session", func(*nats.Msg) {})

@@ -42,6 +42,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	logger := logging.New(stderr, cfg.Level, cfg.Format)
 	logger.Info("worker starting", "apps", cfg.Apps, "api", cfg.APIBase, "ca_file", cfg.CAFile, "nats", natsconn.Redact(cfg.URL))
 
+	tokens, err := exchange.LoadTokens(cfg.Tokens, false, "", logger)
+	if err != nil {
+		return err
+	}
+	wcfg := exchange.ConfigFrom(cfg.Worker, cfg.SubjectPrefix)
+	wcfg.Tokens = tokens
+
 	nc, err := natsconn.Connect(cfg.NATS, "wxlogin-worker", logger)
 	if err != nil {
 		return err
@@ -51,7 +58,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return httpserver.Debug(gctx, cfg.DebugAddr, logger) })
 	g.Go(func() error {
-		return exchange.Serve(gctx, exchange.ConfigFrom(cfg.Worker, cfg.SubjectPrefix), cfg.APIBase, cfg.MetricsAddr, nc, logger, roots)
+		return exchange.Serve(gctx, wcfg, cfg.APIBase, cfg.MetricsAddr, nc, logger, roots)
 	})
 	return g.Wait()
 }

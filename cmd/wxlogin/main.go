@@ -65,6 +65,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	reg := metrics.NewRegistry()
 	wcfg := exchange.ConfigFrom(cfg.Worker, cfg.SubjectPrefix)
 	wcfg.Registry = reg
+	if wcfg.Tokens, err = exchange.LoadTokens(cfg.Tokens, true, cfg.StoreDir, logger); err != nil {
+		return err
+	}
 	ecfg := edge.ConfigFrom(cfg.Edge, cfg.SubjectPrefix)
 	ecfg.Registry = reg
 	apiBase := cfg.APIBase

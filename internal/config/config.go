@@ -99,6 +99,7 @@ type WorkerConfig struct {
 	NATS
 	Log
 	Worker
+	Tokens
 	Debug
 }
 
@@ -127,6 +128,7 @@ type AllInOneConfig struct {
 	Embedded
 	Edge
 	Worker
+	Tokens
 	Debug
 	SubjectPrefix string `envconfig:"NATS_SUBJECT_PREFIX" default:"wxlogin" desc:"prefix of the exchange subject PREFIX.code2session"`
 }
@@ -175,7 +177,7 @@ func (c *EdgeConfig) validate() error {
 }
 
 func (c *WorkerConfig) validate() error {
-	return errors.Join(c.NATS.validate(), c.Log.validate(), c.Worker.validate(true), c.Debug.validate())
+	return errors.Join(c.NATS.validate(), c.Log.validate(), c.Worker.validate(true), c.Tokens.validate(), c.Debug.validate())
 }
 
 func (c *AllInOneConfig) validate() error {
@@ -194,7 +196,7 @@ func (c *AllInOneConfig) validate() error {
 		c.users = users
 	}
 	// With no apps the all-in-one runs its demo upstream; so apps are optional here.
-	return errors.Join(append(errs, c.Log.validate(), c.Edge.validate(), c.Worker.validate(false), c.Debug.validate())...)
+	return errors.Join(append(errs, c.Log.validate(), c.Edge.validate(), c.Worker.validate(false), c.Tokens.validate(), c.Debug.validate())...)
 }
 
 func (c *FakeWXConfig) validate() error {

@@ -86,6 +86,8 @@ func TestEnvNamesMatchContract(t *testing.T) {
 		"FAKEWX_TLS", "FAKEWX_CA_OUT", "WX_CA_FILE",
 		// Go's profiler, opt-in (issue 7).
 		"DEBUG_ADDR",
+		// Login tokens (issue 16).
+		"WX_TOKEN_KEY_FILE", "WX_TOKEN_TTL", "WX_TOKEN_ISSUER",
 	} {
 		if !names[want] {
 			t.Errorf("no config reads %s", want)

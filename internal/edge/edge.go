@@ -55,6 +55,9 @@ func NewServer(cfg Config, nc *nats.Conn, logger *slog.Logger, opts ...Option) h
 	// Only /v1/openid is limited: probes come from the orchestrator's
 	// address and must never be refused.
 	mux.Handle("/v1/openid", limitClients(cfg.ClientLimit, logger)(handleOpenID(cfg, nc, watchConn(nc), logger, m)))
+	keys := newKeyCache(nc, cfg.SubjectPrefix, cfg.Timeout)
+	mux.Handle("GET /.well-known/jwks.json", handleJWKS(keys, logger))
+	mux.Handle("GET /v1/session", handleSession(keys, logger))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})

@@ -22,6 +22,7 @@ import (
 	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 	"github.com/wxlogin/wxlogin/internal/ratelimit"
+	"github.com/wxlogin/wxlogin/internal/token"
 	"github.com/wxlogin/wxlogin/internal/wechat"
 )
 
@@ -50,6 +51,9 @@ type Config struct {
 	// Registry, when set, receives the worker's Prometheus metrics and is
 	// served on the probes' /metrics.
 	Registry *prometheus.Registry
+	// Tokens, when set, mints a login token for every success and serves
+	// PREFIX.jwks and PREFIX.session (see LoadTokens).
+	Tokens *token.Issuer
 }
 
 // Worker exchanges codes. Its zero value is not usable; call New.
@@ -314,7 +318,7 @@ func (j *job) finish(res protocol.Result) {
 		j.send(protocol.ErrorMsg(j.o.err))
 		return
 	}
-	j.send(protocol.ResultMsg(res))
+	j.send(w.successMsg(j.o.appid, res))
 }
 
 // minAttempt is the least time worth starting an attempt with.

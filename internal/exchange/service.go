@@ -90,6 +90,10 @@ func (w *Worker) Start(nc *nats.Conn, version string) error {
 		_ = svc.Stop()
 		return fmt.Errorf("adding endpoint %s: %w", protocol.Subject(w.cfg.SubjectPrefix), err)
 	}
+	if err := w.addTokenEndpoints(svc); err != nil {
+		_ = svc.Stop()
+		return err
+	}
 	// Once Start returns, the server knows the subscription: a request
 	// sent now reaches this worker instead of finding no responders.
 	if nc.IsConnected() {

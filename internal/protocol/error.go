@@ -23,13 +23,17 @@ const (
 	KindUpstream      Kind = "upstream_error"
 	KindUnavailable   Kind = "unavailable"
 	KindTimeout       Kind = "timeout"
+	// KindInvalidToken: a login token (GET /v1/session, PREFIX.session) is
+	// missing, malformed, altered, expired, signed by a key that is not
+	// published, or not EdDSA. The client logs in again.
+	KindInvalidToken Kind = "invalid_token"
 )
 
 // Kinds lists every kind, for tests and metrics.
 var Kinds = []Kind{
 	KindBadRequest, KindUnknownApp, KindAppIDRequired, KindInvalidCode,
 	KindCodeUsed, KindUserBlocked, KindRateLimited, KindUpstream,
-	KindUnavailable, KindTimeout,
+	KindUnavailable, KindTimeout, KindInvalidToken,
 }
 
 // Retry tells the mini-program what to do after an error.
@@ -57,6 +61,7 @@ var defaults = map[Kind]struct {
 	KindUpstream:      {http.StatusBadGateway, RetrySameCode},
 	KindUnavailable:   {http.StatusServiceUnavailable, RetrySameCode},
 	KindTimeout:       {http.StatusGatewayTimeout, RetrySameCode},
+	KindInvalidToken:  {http.StatusUnauthorized, RetryNewCode},
 }
 
 // Error is the one error type of wxlogin. Message, Kind, Retry, Status and

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"encoding/json"
+	"strconv"
 
 	"github.com/wxlogin/wxlogin/internal/flatjson"
 )
@@ -33,7 +34,7 @@ func EncodeRequest(r Request) []byte {
 
 // EncodeResult is json.Marshal(r), faster for ordinary values.
 func EncodeResult(r Result) []byte {
-	b := make([]byte, 0, 32+len(r.OpenID)+len(r.UnionID))
+	b := make([]byte, 0, 64+len(r.OpenID)+len(r.UnionID)+len(r.Token))
 	b = append(b, `{"openid":`...)
 	if b = appendPlain(b, r.OpenID); b == nil {
 		return marshal(r)
@@ -43,6 +44,16 @@ func EncodeResult(r Result) []byte {
 		if b = appendPlain(b, r.UnionID); b == nil {
 			return marshal(r)
 		}
+	}
+	if r.Token != "" {
+		b = append(b, `,"token":`...)
+		if b = appendPlain(b, r.Token); b == nil {
+			return marshal(r)
+		}
+	}
+	if r.ExpiresIn != 0 {
+		b = append(b, `,"expires_in":`...)
+		b = strconv.AppendInt(b, r.ExpiresIn, 10)
 	}
 	return append(b, '}')
 }
@@ -77,9 +88,15 @@ func decodeRequest(data []byte, r *Request) error {
 
 // decodeResult is json.Unmarshal into a Result.
 func decodeResult(data []byte, r *Result) error {
-	if openid, unionid, ok := flatPair(data, "openid", "unionid"); ok {
-		r.OpenID, r.UnionID = openid, unionid
-		return nil
+	if o, ok := flatjson.Parse(data); ok && o.Only("openid", "unionid", "token", "expires_in") {
+		openid, ok1 := o.String("openid")
+		unionid, ok2 := o.String("unionid")
+		tok, ok3 := o.String("token")
+		exp, ok4 := o.Int("expires_in")
+		if ok1 && ok2 && ok3 && ok4 {
+			r.OpenID, r.UnionID, r.Token, r.ExpiresIn = openid, unionid, tok, int64(exp)
+			return nil
+		}
 	}
 	return json.Unmarshal(data, r)
 }

@@ -11,7 +11,8 @@ import (
 func FuzzJSONFastPath(f *testing.F) {
 	for _, seed := range []string{
 		`{"appid":"wx1","code":"c1"}`, `{"code":"c1"}`, `{"code":"c1","appid":"wx1"}`, `{"openid":"o1","unionid":"u1"}`,
-		`{"openid":"o1"}`, `{"code":"a\"b"}`, `{"Code":"x"}`, `{"code":"x","code":"y"}`, `{"code":1}`, `{}`, `{"code":"x",}`,
+		`{"openid":"o1"}`, `{"openid":"o1","unionid":"u1","token":"a.b.c","expires_in":7200}`, `{"openid":"o1","expires_in":"5"}`,
+		`{"openid":"o1","token":7}`, `{"openid":"o1","expires_in":99999999999999999999}`, `{"code":"a\"b"}`, `{"Code":"x"}`, `{"code":"x","code":"y"}`, `{"code":1}`, `{}`, `{"code":"x",}`,
 		`{"code":"<&>"}`, `{"code":"é"}`, `{"code":"x"} `, `[]`, ``,
 	} {
 		f.Add([]byte(seed), "wx1", "c1")
@@ -32,7 +33,7 @@ func FuzzJSONFastPath(f *testing.F) {
 				t.Fatalf("EncodeRequest(%+v) = %s, json %s", r, got, want)
 			}
 		}
-		for _, r := range []Result{{OpenID: a, UnionID: b}, {OpenID: a}} {
+		for _, r := range []Result{{OpenID: a, UnionID: b}, {OpenID: a}, {OpenID: a, UnionID: b, Token: b + "." + a, ExpiresIn: 7200}, {OpenID: a, Token: a, ExpiresIn: -1}} {
 			if got, want := EncodeResult(r), marshal(r); !bytes.Equal(got, want) {
 				t.Fatalf("EncodeResult(%+v) = %s, json %s", r, got, want)
 			}

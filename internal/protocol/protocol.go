@@ -47,9 +47,14 @@ type Request struct {
 }
 
 // Result is a successful exchange as clients see it: never the session_key.
+// Token and ExpiresIn are there when the worker mints login tokens
+// (WX_TOKEN_KEY_FILE, or the all-in-one): a JWT naming the user, and the
+// seconds until it expires.
 type Result struct {
-	OpenID  string `json:"openid"`
-	UnionID string `json:"unionid,omitempty"`
+	OpenID    string `json:"openid"`
+	UnionID   string `json:"unionid,omitempty"`
+	Token     string `json:"token,omitempty"`
+	ExpiresIn int64  `json:"expires_in,omitempty"`
 }
 
 // ValidToken reports whether s may be a code or an appid: 1 to MaxTokenLen

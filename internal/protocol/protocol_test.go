@@ -159,6 +159,7 @@ func TestNewKinds(t *testing.T) {
 		{protocol.KindUpstream, "upstream_error", 502, "same_code"},
 		{protocol.KindUnavailable, "unavailable", 503, "same_code"},
 		{protocol.KindTimeout, "timeout", 504, "same_code"},
+		{protocol.KindInvalidToken, "invalid_token", 401, "new_code"},
 	}
 	if len(protocol.Kinds) != len(want) {
 		t.Fatalf("Kinds has %d kinds, want %d", len(protocol.Kinds), len(want))
@@ -328,6 +329,7 @@ func TestDecodeReplySuccess(t *testing.T) {
 	for _, want := range []protocol.Result{
 		{OpenID: "oABC"},
 		{OpenID: "oABC", UnionID: "uXYZ"},
+		{OpenID: "oABC", UnionID: "uXYZ", Token: "eyJh.eyJz.c2ln", ExpiresIn: 7200},
 	} {
 		m := protocol.ResultMsg(want)
 		if m.Header != nil && m.Header.Get(micro.ErrorCodeHeader) != "" {
