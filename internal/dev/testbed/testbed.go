@@ -20,8 +20,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/wxlogin/wxlogin/internal/dev/natstest"
 	"github.com/wxlogin/wxlogin/internal/edge"
-	"github.com/wxlogin/wxlogin/internal/embednats"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
@@ -53,7 +53,7 @@ type Options struct {
 // New starts NATS and the fake upstream.
 func New(t testing.TB, o Options) *Bed {
 	t.Helper()
-	return newBed(t, o, embednats.ForTest(t, o.NoJS))
+	return newBed(t, o, natstest.Start(t, o.NoJS))
 }
 
 // newBed is a bed on the NATS server ns: logs, the fake and its server.

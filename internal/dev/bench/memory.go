@@ -31,7 +31,7 @@ import (
 	"github.com/wxlogin/wxlogin/internal/wechat"
 )
 
-// ChildCommand is the hidden first argument that makes cmd/wxbench run
+// ChildCommand is the hidden first argument that makes wxbench run
 // scenario 3's worker (RunChild) instead of the benchmark, so that the
 // worker's memory is measured in a process of its own.
 const ChildCommand = "__worker"

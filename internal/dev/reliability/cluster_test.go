@@ -8,11 +8,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/wxlogin/wxlogin/internal/dev/natstest"
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/edge"
-	"github.com/wxlogin/wxlogin/internal/embednats"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
-	"github.com/wxlogin/wxlogin/internal/testbed"
 	"github.com/wxlogin/wxlogin/internal/wechat"
 )
 
@@ -26,7 +26,7 @@ import (
 // down.
 func TestClusterNodeLossFailover(t *testing.T) {
 	t.Parallel()
-	nodes := embednats.ClusterForTest(t, 3)
+	nodes := natstest.StartCluster(t, 3)
 	b := testbed.New(t, testbed.Options{NoJS: true}) // its single server is unused; the fake and logs are
 	urls := make([]string, len(nodes))
 	for i, s := range nodes {

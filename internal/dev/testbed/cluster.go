@@ -9,8 +9,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/wxlogin/wxlogin/internal/dev/natstest"
 	"github.com/wxlogin/wxlogin/internal/edge"
-	"github.com/wxlogin/wxlogin/internal/embednats"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
 )
@@ -27,7 +27,7 @@ type Cluster struct {
 // upstream. Options.NoJS is ignored: a cluster always has JetStream.
 func NewCluster(t testing.TB, n int, o Options) *Cluster {
 	t.Helper()
-	nodes := embednats.ClusterForTest(t, n)
+	nodes := natstest.StartCluster(t, n)
 	return &Cluster{Bed: newBed(t, o, nodes[0]), Nodes: nodes}
 }
 
