@@ -34,24 +34,10 @@ const (
 	natsProfileSubject = "wxbench.child.nats.profile"
 )
 
-// natsServer is the stack's NATS server, in a child process (natsProc)
-// or in this one (inProcessNATS).
-type natsServer interface {
-	ClientURL() string
-	Shutdown()
-}
-
 // startNATS starts the benchmark's NATS server, with JetStream storing
 // in dir, in this process.
 func startNATS(dir string, logger *slog.Logger) (*server.Server, error) {
 	return embednats.Start(embednats.Options{Name: "wxbench", Port: -1, JetStream: true, StoreDir: dir}, logger)
-}
-
-type inProcessNATS struct{ *server.Server }
-
-func (s inProcessNATS) Shutdown() {
-	s.Server.Shutdown()
-	s.Server.WaitForShutdown()
 }
 
 // natsProc is the NATS server in a process of its own (-nats-child), as

@@ -1,8 +1,6 @@
 package testbed
 
 import (
-	"context"
-	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -56,12 +54,5 @@ func (c *Cluster) StartWorkerOn(i int, cfg exchange.Config) *Worker {
 // returns its URL.
 func (c *Cluster) StartEdgeOn(i int, timeout time.Duration, probe edge.ProbeOptions) string {
 	c.T.Helper()
-	nc := c.ConnectTo(i, "edge", nats.ReconnectBufSize(-1))
-	workers := edge.NewWorkers(nc, "", probe, c.Logger)
-	ctx, cancel := context.WithCancel(context.Background())
-	probing := make(chan struct{})
-	go func() { defer close(probing); workers.Run(ctx) }()
-	srv := httptest.NewServer(edge.NewServer(edge.Config{Timeout: timeout, MaxBody: 4096}, nc, c.Logger, edge.WithWorkers(workers)))
-	c.T.Cleanup(func() { srv.Close(); cancel(); <-probing })
-	return srv.URL
+	return c.startEdgeOn(c.ConnectTo(i, "edge", nats.ReconnectBufSize(-1)), timeout, probe)
 }
