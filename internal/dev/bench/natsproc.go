@@ -42,7 +42,7 @@ func startNATS(dir string, logger *slog.Logger) (*server.Server, error) {
 
 // natsProc is the NATS server in a process of its own (-nats-child), as
 // in a split deployment. Its JetStream store holds every code's answer for
-// WX_RESULT_TTL, tens of MB by the end of scenario 1. In the benchmark's
+// WX_RESULT_TTL, a heap that grows through scenario 1. In the benchmark's
 // process, every garbage collection set off by the load generator, the
 // fake, the edge and the workers marks that heap too, which lengthens
 // every setup's tail, the baseline's included. Apart, the store costs
