@@ -29,6 +29,7 @@ import (
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/httpserver"
+	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
 	"github.com/wxlogin/wxlogin/internal/version"
 	"github.com/wxlogin/wxlogin/internal/wechat"
@@ -101,6 +102,10 @@ type Stack struct {
 	workers []*Worker
 	stopped bool
 }
+
+// errStopped refuses a part added to a stack that was stopped, which
+// nothing would stop.
+var errStopped = errors.New("stack: already stopped")
 
 // Run starts a stack with o and runs it until ctx ends or a part fails,
 // then stops it.
@@ -254,6 +259,9 @@ func (s *Stack) StartWorker(cfg exchange.Config, nc *nats.Conn) (*Worker, error)
 }
 
 func (s *Stack) startWorker(cfg exchange.Config, nc *nats.Conn, probesAddr string) (*Worker, error) {
+	if probesAddr != "" && cfg.Registry == nil {
+		cfg.Registry = metrics.NewRegistry() // for the probes' /metrics
+	}
 	// The connection pool sized for the exchanges the worker runs at once.
 	client, err := wechat.New(s.upstream, append([]wechat.Option{wechat.IdleConns(cfg.Concurrency)}, s.opts.WeChat...)...)
 	if err != nil {
@@ -285,8 +293,12 @@ func (s *Stack) startWorker(cfg exchange.Config, nc *nats.Conn, probesAddr strin
 		go s.watch(w.probes)
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		w.Stop()
+		return nil, errStopped
+	}
 	s.workers = append(s.workers, w)
-	s.mu.Unlock()
 	return w, nil
 }
 
@@ -322,8 +334,12 @@ func (s *Stack) StartEdge(eo EdgeOptions, nc *nats.Conn) (*Edge, error) {
 	go s.watch(srv)
 	e := &Edge{URL: "http://" + srv.addr, srv: srv}
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		e.Stop()
+		return nil, errStopped
+	}
 	s.edges = append(s.edges, e)
-	s.mu.Unlock()
 	return e, nil
 }
 

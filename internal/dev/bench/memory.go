@@ -263,9 +263,9 @@ func snapshot(nc *nats.Conn, profile string) (memSnapshot, error) {
 	return m, json.Unmarshal(reply.Data, &m)
 }
 
-// RunChild is scenario 3's worker process: a worker as cmd/worker runs it,
-// plus a memorySubject responder. It runs until ctx ends or stdin closes
-// (the benchmark ended).
+// RunChild is scenario 3's worker process: one worker started by package
+// stack, plus a memorySubject responder on its connection. It runs until
+// ctx ends or stdin closes (the benchmark ended).
 func RunChild(ctx context.Context, args []string, stdin io.Reader, stderr io.Writer) error {
 	fs := flag.NewFlagSet(ChildCommand, flag.ContinueOnError)
 	natsURL := fs.String("nats", "", "NATS URL")
