@@ -28,12 +28,12 @@ import (
 
 	"github.com/wxlogin/wxlogin/internal/bucket"
 	"github.com/wxlogin/wxlogin/internal/config"
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/edge"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
 	"github.com/wxlogin/wxlogin/internal/protocol"
-	"github.com/wxlogin/wxlogin/internal/testbed"
 	"github.com/wxlogin/wxlogin/internal/token"
 	"github.com/wxlogin/wxlogin/internal/wechat"
 )

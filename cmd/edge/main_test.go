@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wxlogin/wxlogin/internal/testbed"
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 )
 
 // TestRunServesAndStops runs the edge binary's run against a real NATS

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
-	"github.com/wxlogin/wxlogin/internal/testbed"
 )
 
 // TestRunTLS runs the binary's run with FAKEWX_TLS and checks that a

@@ -16,9 +16,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/protocol"
-	"github.com/wxlogin/wxlogin/internal/testbed"
 )
 
 // TestFirstRun is what a newcomer does: start with no configuration but

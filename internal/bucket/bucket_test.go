@@ -8,13 +8,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/wxlogin/wxlogin/internal/embednats"
+	"github.com/wxlogin/wxlogin/internal/dev/natstest"
 )
 
 // A bucket an older version made with limit markers keeps its data and
 // loses the markers; per-key TTLs keep working.
 func TestOpenWithKeyTTLsDropsMarkers(t *testing.T) {
-	ns := embednats.ForTest(t, false)
+	ns := natstest.Start(t, false)
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)

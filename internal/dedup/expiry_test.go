@@ -11,14 +11,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/wxlogin/wxlogin/internal/embednats"
+	"github.com/wxlogin/wxlogin/internal/dev/natstest"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 )
 
 // Answers that expire by the bucket's TTL must not leave a marker each:
 // in steady state that would be a third stored message per code.
 func TestExpiredAnswersLeaveNoMarkers(t *testing.T) {
-	ns := embednats.ForTest(t, false)
+	ns := natstest.Start(t, false)
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)

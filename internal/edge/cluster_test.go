@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/edge"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
-	"github.com/wxlogin/wxlogin/internal/testbed"
 )
 
 // TestClusterScaleOut is the scale-out proof without Docker (task

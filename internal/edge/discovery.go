@@ -2,7 +2,6 @@ package edge
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,9 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 
-	"github.com/wxlogin/wxlogin/internal/logging"
+	"github.com/wxlogin/wxlogin/internal/discovery"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 )
 
@@ -44,13 +42,9 @@ func (o ProbeOptions) withDefaults() ProbeOptions {
 }
 
 // Workers follows whether any worker serves the edge's subject, by asking
-// NATS micro discovery ($SRV.INFO.wxlogin) every few seconds, for the
+// NATS micro discovery (package discovery) every few seconds, for the
 // edge's /readyz. An edge without workers can only answer 503, so it
 // should not get traffic.
-//
-// It asks INFO rather than PING because INFO lists each worker's
-// endpoints: a worker of another pool on the same NATS account (another
-// NATS_SUBJECT_PREFIX) answers discovery too, but does not serve us.
 type Workers struct {
 	nc      *nats.Conn
 	subject string
@@ -96,58 +90,28 @@ func (w *Workers) Run(ctx context.Context) {
 // probe asks every worker for its info once, gathers the answers for the
 // window, and returns how many serve our subject.
 func (w *Workers) probe(ctx context.Context) int {
-	if !w.nc.IsConnected() {
+	// w.seen: ready as soon as one answers, not at the end of the window.
+	res, err := discovery.Probe(ctx, w.nc, w.subject, w.opts.Window, w.seen)
+	switch {
+	case errors.Is(err, nats.ErrDisconnected):
 		w.finish(0, "nats not connected", false)
 		return 0
-	}
-	inbox := w.nc.NewInbox()
-	sub, err := w.nc.SubscribeSync(inbox)
-	if err != nil {
+	case err != nil:
 		w.finish(0, "discovery failed: "+err.Error(), false)
 		return 0
 	}
-	defer sub.Unsubscribe()
-	if err := w.nc.PublishRequest(infoSubject, inbox, nil); err != nil {
-		w.finish(0, "discovery failed: "+err.Error(), false)
-		return 0
+	if res.Bad > 0 {
+		w.log.Debug("discovery: answers that are not micro info", "count", res.Bad)
 	}
-	ctx, cancel := context.WithTimeout(ctx, w.opts.Window)
-	defer cancel()
-	n, why, gone := 0, "no worker answered discovery", false
-	for {
-		msg, err := sub.NextMsgWithContext(ctx)
-		if errors.Is(err, nats.ErrNoResponders) {
-			// The server knows nobody listens: no need to wait out the window.
-			why, gone = "no worker is subscribed", true
-			break
-		}
-		if err != nil {
-			break // the window is over
-		}
-		var info micro.Info
-		if err := json.Unmarshal(msg.Data, &info); err != nil {
-			w.log.Debug("discovery: an answer is not micro info", logging.Err(err))
-			continue
-		}
-		if !serves(info, w.subject) {
-			why = "workers answered discovery, but none serves " + w.subject
-			continue
-		}
-		n++
-		// Ready at once, not at the end of the window.
-		w.seen(n)
+	why := "no worker answered discovery"
+	switch {
+	case res.NoResponders:
+		why = "no worker is subscribed"
+	case res.Others > 0:
+		why = "workers answered discovery, but none serves " + w.subject
 	}
-	w.finish(n, why, gone)
-	return n
-}
-
-func serves(info micro.Info, subject string) bool {
-	for _, e := range info.Endpoints {
-		if e.Subject == subject {
-			return true
-		}
-	}
-	return false
+	w.finish(res.Serving, why, res.NoResponders)
+	return res.Serving
 }
 
 func (w *Workers) seen(n int) {
@@ -173,9 +137,6 @@ func (w *Workers) finish(n int, why string, gone bool) {
 		w.lastSeen = time.Time{}
 	}
 }
-
-// infoSubject asks every instance of the service for its info.
-var infoSubject = "$SRV." + micro.InfoVerb.String() + "." + protocol.ServiceName
 
 // Ready reports whether a worker answered within MaxAge and, if not, why.
 func (w *Workers) Ready() (bool, string) {

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/edge"
-	"github.com/wxlogin/wxlogin/internal/testbed"
 )
 
 // TestReadinessFollowsWorkers: /readyz is 200 only while a worker of the

@@ -2,7 +2,9 @@ package edge
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,22 +16,34 @@ import (
 
 // Serve runs the edge on addr, asking workers through nc (which it owns
 // and closes), until ctx ends and the requests in flight are answered.
-// cmd/edge and the all-in-one binary both run the edge through here.
-// /metrics serves cfg.Registry (a new one when nil).
+// cmd/edge runs the edge through here, and package stack through
+// ServeListener. /metrics serves cfg.Registry (a new one when nil).
 func Serve(ctx context.Context, cfg Config, addr string, nc *nats.Conn, logger *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		nc.Close()
+		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	return ServeListener(ctx, cfg, ln, nc, logger, ProbeOptions{})
+}
+
+// ServeListener is Serve on a listener the caller opened, so that the
+// address is known before serving starts, with /readyz following the
+// workers as probe says.
+func ServeListener(ctx context.Context, cfg Config, ln net.Listener, nc *nats.Conn, logger *slog.Logger, probe ProbeOptions) error {
 	defer nc.Close()
 	if cfg.Registry == nil {
 		cfg.Registry = metrics.NewRegistry()
 	}
 	// /readyz follows the workers: the prober runs as long as the server,
 	// and stops before nc closes.
-	workers := NewWorkers(nc, cfg.SubjectPrefix, ProbeOptions{}, logger)
+	workers := NewWorkers(nc, cfg.SubjectPrefix, probe, logger)
 	pctx, stopProbing := context.WithCancel(ctx)
 	probing := make(chan struct{})
 	go func() { defer close(probing); workers.Run(pctx) }()
 	defer func() { stopProbing(); <-probing }()
 	srv := httpserver.New(NewServer(cfg, nc, logger, WithWorkers(workers)), cfg.Timeout+5*time.Second, logger)
-	return httpserver.Run(ctx, srv, addr, cfg.Timeout+time.Second, logger.With("server", "edge"))
+	return httpserver.Serve(ctx, srv, ln, cfg.Timeout+time.Second, logger.With("server", "edge"))
 }
 
 // ConfigFrom turns the environment's edge section into a Config.

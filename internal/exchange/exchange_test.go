@@ -13,10 +13,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/protocol"
-	"github.com/wxlogin/wxlogin/internal/testbed"
 )
 
 // TestKindsOverNATS checks every behaviour of the contract table as

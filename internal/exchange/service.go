@@ -2,7 +2,6 @@ package exchange
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/wxlogin/wxlogin/internal/bucket"
 	"github.com/wxlogin/wxlogin/internal/dedup"
+	"github.com/wxlogin/wxlogin/internal/discovery"
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/protocol"
@@ -274,49 +274,16 @@ func (w *Worker) bindStores(ctx context.Context, nc *nats.Conn) {
 }
 
 // countPeers keeps the rate limiter's idea of the pool size current, for
-// its per-worker fallback: every few seconds it asks the micro discovery
-// subject who serves wxlogin.
+// its per-worker fallback: every few seconds it asks micro discovery how
+// many workers serve this worker's subject.
 func (w *Worker) countPeers(ctx context.Context, nc *nats.Conn) {
+	subject := protocol.Subject(w.cfg.SubjectPrefix)
 	for {
-		if n, err := discover(ctx, nc); err == nil && n > 0 {
-			w.limit.SetPeers(n)
+		if res, err := discovery.Probe(ctx, nc, subject, 250*time.Millisecond, nil); err == nil && res.Serving > 0 {
+			w.limit.SetPeers(res.Serving)
 		}
 		if !sleep(ctx, 2*time.Second) {
 			return
-		}
-	}
-}
-
-// discover counts the instances of the wxlogin service that answer a
-// PING within a short window.
-func discover(ctx context.Context, nc *nats.Conn) (int, error) {
-	if !nc.IsConnected() {
-		return 0, nats.ErrDisconnected
-	}
-	subject, err := micro.ControlSubject(micro.PingVerb, protocol.ServiceName, "")
-	if err != nil {
-		return 0, err
-	}
-	inbox := nc.NewRespInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		return 0, err
-	}
-	defer sub.Unsubscribe()
-	if err := nc.PublishRequest(subject, inbox, nil); err != nil {
-		return 0, err
-	}
-	ids := map[string]bool{}
-	window, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
-	defer cancel()
-	for {
-		m, err := sub.NextMsgWithContext(window)
-		if err != nil {
-			return len(ids), nil
-		}
-		var p micro.Ping
-		if json.Unmarshal(m.Data, &p) == nil && p.ID != "" {
-			ids[p.ID] = true
 		}
 	}
 }

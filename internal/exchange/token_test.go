@@ -14,10 +14,10 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/wxlogin/wxlogin/internal/config"
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/protocol"
-	"github.com/wxlogin/wxlogin/internal/testbed"
 	"github.com/wxlogin/wxlogin/internal/token"
 )
 

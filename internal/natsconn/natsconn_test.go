@@ -27,8 +27,8 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/wxlogin/wxlogin/internal/config"
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
-	"github.com/wxlogin/wxlogin/internal/testbed"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -23,15 +23,13 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/wxlogin/wxlogin/internal/config"
-	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
-	"github.com/wxlogin/wxlogin/internal/natsconn"
 	"github.com/wxlogin/wxlogin/internal/protocol"
-	"github.com/wxlogin/wxlogin/internal/version"
+	"github.com/wxlogin/wxlogin/internal/stack"
 	"github.com/wxlogin/wxlogin/internal/wechat"
 )
 
-// ChildCommand is the hidden first argument that makes cmd/wxbench run
+// ChildCommand is the hidden first argument that makes wxbench run
 // scenario 3's worker (RunChild) instead of the benchmark, so that the
 // worker's memory is measured in a process of its own.
 const ChildCommand = "__worker"
@@ -82,7 +80,7 @@ func holdInFlight(ctx context.Context, e *env, http2, dedup bool) ([]row, error)
 			return nil, err
 		}
 	}
-	st, err := newStackOver(0, cert, e)
+	st, err := newRigOver(0, cert, e)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +93,7 @@ func holdInFlight(ctx context.Context, e *env, http2, dedup bool) ([]row, error)
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	args := []string{ChildCommand,
-		"-nats", st.nats.ClientURL(), "-upstream", st.up.URL,
+		"-nats", st.st.NATSURL(), "-upstream", st.up.URL,
 		"-concurrency", strconv.Itoa(n), "-http-timeout", (e.opts.Hold + 15*time.Second).String(),
 		"-log-level", e.opts.LogLevel.String(), "-dedup=" + strconv.FormatBool(dedup)}
 	if cert != nil {
@@ -265,9 +263,9 @@ func snapshot(nc *nats.Conn, profile string) (memSnapshot, error) {
 	return m, json.Unmarshal(reply.Data, &m)
 }
 
-// RunChild is scenario 3's worker process: a worker as cmd/worker runs it,
-// plus a memorySubject responder. It runs until ctx ends or stdin closes
-// (the benchmark ended).
+// RunChild is scenario 3's worker process: one worker started by package
+// stack, plus a memorySubject responder on its connection. It runs until
+// ctx ends or stdin closes (the benchmark ended).
 func RunChild(ctx context.Context, args []string, stdin io.Reader, stderr io.Writer) error {
 	fs := flag.NewFlagSet(ChildCommand, flag.ContinueOnError)
 	natsURL := fs.String("nats", "", "NATS URL")
@@ -290,7 +288,7 @@ func RunChild(ctx context.Context, args []string, stdin io.Reader, stderr io.Wri
 	}
 	defer cancel()
 
-	opts := []wechat.Option{wechat.IdleConns(*concurrency)}
+	var opts []wechat.Option
 	if *caFile != "" {
 		// Read as a worker reads WX_CA_FILE.
 		pool, err := config.ReadRoots(*caFile)
@@ -299,21 +297,17 @@ func RunChild(ctx context.Context, args []string, stdin io.Reader, stderr io.Wri
 		}
 		opts = append(opts, wechat.RootCAs(pool))
 	}
-	client, err := wechat.New(*upstreamURL, opts...)
-	if err != nil {
-		return err
-	}
 	cfg := workerConfig(*concurrency, *dedup)
 	cfg.HTTPTimeout = *httpTimeout
-	w, err := exchange.New(cfg, client, logger)
+	st, err := stack.Start(ctx, stack.Options{
+		Logger: logger, NATSURL: *natsURL, Upstream: *upstreamURL, WeChat: opts,
+		Workers: 1, Worker: cfg,
+	})
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(*natsURL, natsconn.Resilient("wxbench-worker", logger)...)
-	if err != nil {
-		return fmt.Errorf("connecting to nats: %w", err)
-	}
-	_, err = nc.Subscribe(memorySubject, func(m *nats.Msg) {
+	w := st.Workers()[0]
+	_, err = w.NC.Subscribe(memorySubject, func(m *nats.Msg) {
 		snap := measure()
 		if prefix := string(m.Data); prefix != "" {
 			if err := writeProfiles(prefix); err != nil {
@@ -325,12 +319,12 @@ func RunChild(ctx context.Context, args []string, stdin io.Reader, stderr io.Wri
 		m.Respond(data)
 	})
 	if err != nil {
-		nc.Close()
+		st.Stop()
 		return fmt.Errorf("subscribing to %s: %w", memorySubject, err)
 	}
 	// Killed by the benchmark once measured: a graceful shutdown would
 	// wait for the held exchanges.
-	return w.Run(ctx, nc, version.Version())
+	return st.Wait()
 }
 
 // writeProfiles writes the heap profile (what the held exchanges keep)

@@ -1,7 +1,7 @@
-// Package testbed assembles a real wxlogin stack for tests: an embedded
-// NATS server, the fake WeChat over real HTTP on 127.0.0.1, workers and
-// an edge, each torn down when the test ends. Nothing is mocked; tests
-// get the same pieces the binaries run.
+// Package testbed gives tests a real wxlogin stack: an embedded NATS
+// server, the fake WeChat over real HTTP on 127.0.0.1, and workers and
+// edges built by package stack, as the binaries build theirs, each torn
+// down when the test ends. Nothing is mocked.
 package testbed
 
 import (
@@ -20,13 +20,13 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/wxlogin/wxlogin/internal/dev/natstest"
 	"github.com/wxlogin/wxlogin/internal/edge"
-	"github.com/wxlogin/wxlogin/internal/embednats"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
 	"github.com/wxlogin/wxlogin/internal/protocol"
-	"github.com/wxlogin/wxlogin/internal/wechat"
+	"github.com/wxlogin/wxlogin/internal/stack"
 )
 
 // App is the app every bed serves unless told otherwise.
@@ -40,6 +40,8 @@ type Bed struct {
 	Upstream *httptest.Server // serves Fake unless Options.Upstream replaced it
 	Logs     *Buffer          // every component logs here, at debug level
 	Logger   *slog.Logger
+
+	st *stack.Stack // see Stack
 }
 
 // Options shape a bed.
@@ -53,7 +55,7 @@ type Options struct {
 // New starts NATS and the fake upstream.
 func New(t testing.TB, o Options) *Bed {
 	t.Helper()
-	return newBed(t, o, embednats.ForTest(t, o.NoJS))
+	return newBed(t, o, natstest.Start(t, o.NoJS))
 }
 
 // newBed is a bed on the NATS server ns: logs, the fake and its server.
@@ -72,6 +74,22 @@ func newBed(t testing.TB, o Options, ns *server.Server) *Bed {
 	return b
 }
 
+// Stack is the stack that runs the bed's workers and edges: on NATS,
+// calling Upstream, logging to Logger. It starts on first use, so that a
+// test may replace Logger or Upstream before it starts a worker or edge.
+func (b *Bed) Stack() *stack.Stack {
+	b.T.Helper()
+	if b.st == nil {
+		st, err := stack.Start(context.Background(), stack.Options{Logger: b.Logger, NATSURL: b.NATS.ClientURL(), Upstream: b.Upstream.URL})
+		if err != nil {
+			b.T.Fatal(err)
+		}
+		b.T.Cleanup(func() { st.Stop() })
+		b.st = st
+	}
+	return b.st
+}
+
 // WorkerConfig is the config of a worker serving the bed's apps.
 func (b *Bed) WorkerConfig(apps ...fakewx.App) exchange.Config {
 	if len(apps) == 0 {
@@ -87,19 +105,8 @@ func (b *Bed) WorkerConfig(apps ...fakewx.App) exchange.Config {
 	}
 }
 
-// Worker is a running worker.
-type Worker struct {
-	*exchange.Worker
-	NC       *nats.Conn
-	stopOnce sync.Once
-	stopErr  error
-}
-
-// Stop shuts the worker down gracefully (idempotent).
-func (w *Worker) Stop() error {
-	w.stopOnce.Do(func() { w.stopErr = w.Shutdown() })
-	return w.stopErr
-}
+// Worker is a running worker; Stop shuts it down gracefully (idempotent).
+type Worker = stack.Worker
 
 // StartWorker runs a worker with cfg on its own connection.
 func (b *Bed) StartWorker(cfg exchange.Config) *Worker {
@@ -110,18 +117,10 @@ func (b *Bed) StartWorker(cfg exchange.Config) *Worker {
 // startWorkerOn runs a worker with cfg on nc, stopped when the test ends.
 func (b *Bed) startWorkerOn(nc *nats.Conn, cfg exchange.Config) *Worker {
 	b.T.Helper()
-	client, err := wechat.New(b.Upstream.URL)
+	w, err := b.Stack().StartWorker(cfg, nc)
 	if err != nil {
 		b.T.Fatal(err)
 	}
-	ew, err := exchange.New(cfg, client, b.Logger)
-	if err != nil {
-		b.T.Fatal(err)
-	}
-	if err := ew.Start(nc, "0.0.0-test"); err != nil {
-		b.T.Fatal(err)
-	}
-	w := &Worker{Worker: ew, NC: nc}
 	b.T.Cleanup(func() { w.Stop() })
 	return w
 }
@@ -139,13 +138,24 @@ func (b *Bed) Connect(name string, extra ...nats.Option) *nats.Conn {
 	return nc
 }
 
-// StartEdge serves an edge over real HTTP on 127.0.0.1 and returns its URL.
+// StartEdge serves an edge over real HTTP on 127.0.0.1, as the binaries
+// do, and returns its URL.
 func (b *Bed) StartEdge(timeout time.Duration) string {
 	b.T.Helper()
-	nc := b.Connect("edge", nats.ReconnectBufSize(-1))
-	srv := httptest.NewServer(edge.NewServer(edge.Config{Timeout: timeout, MaxBody: 4096}, nc, b.Logger))
-	b.T.Cleanup(srv.Close)
-	return srv.URL
+	return b.startEdgeOn(b.Connect("edge", nats.ReconnectBufSize(-1)), timeout, edge.ProbeOptions{})
+}
+
+// startEdgeOn serves an edge on nc, stopped when the test ends.
+func (b *Bed) startEdgeOn(nc *nats.Conn, timeout time.Duration, probe edge.ProbeOptions) string {
+	b.T.Helper()
+	e, err := b.Stack().StartEdge(stack.EdgeOptions{
+		Addr: "127.0.0.1:0", Config: edge.Config{Timeout: timeout, MaxBody: 4096}, Probe: probe,
+	}, nc)
+	if err != nil {
+		b.T.Fatal(err)
+	}
+	b.T.Cleanup(func() { e.Stop() })
+	return e.URL
 }
 
 // Request asks the pool over NATS, as another service would.

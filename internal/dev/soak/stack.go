@@ -7,22 +7,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"time"
-
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/wxlogin/wxlogin/internal/edge"
 	"github.com/wxlogin/wxlogin/internal/embednats"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
-	"github.com/wxlogin/wxlogin/internal/httpserver"
 	"github.com/wxlogin/wxlogin/internal/logging"
-	"github.com/wxlogin/wxlogin/internal/natsconn"
+	"github.com/wxlogin/wxlogin/internal/stack"
 )
 
 // options are the soak's flags.
@@ -83,95 +77,40 @@ func parseFlags(args []string, stdout io.Writer) (options, error) {
 	return o, errors.Join(errs...)
 }
 
-// stack is everything the soak runs, in this process.
-type stack struct {
-	edgeURL string
-	cancel  context.CancelFunc
-	g       *errgroup.Group
-	ns      *server.Server
-	store   string
-	up      *http.Server
-}
-
-// startStack starts the pieces the way the binaries do: embednats,
-// exchange.Serve and edge.Serve, with the fake WeChat behind an
-// httpserver.
-func startStack(ctx context.Context, o options) (*stack, error) {
+// startStack starts the pieces through package stack, as the all-in-one
+// does (over TCP rather than in process, as a split deployment runs), with
+// the fake WeChat misbehaving as the codes ask. It returns once an
+// exchange goes through end to end.
+func startStack(ctx context.Context, o options) (*stack.Stack, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return nil, fmt.Errorf("-log-level: %w", err)
 	}
-	logger := logging.New(os.Stderr, level, "text")
-
-	store, err := os.MkdirTemp("", "wxlogin-soak-")
-	if err != nil {
-		return nil, err
-	}
-	ns, err := embednats.Start(embednats.Options{Name: "soak", Port: -1, JetStream: true, StoreDir: store}, logger)
-	if err != nil {
-		os.RemoveAll(store)
-		return nil, err
-	}
-	st := &stack{ns: ns, store: store}
-
-	fake := fakewx.New(fakewx.Config{Apps: []fakewx.App{fakewx.DemoApp()}, Latency: o.latency, CodeTTL: o.codeTTL})
-	upLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		st.cleanup()
-		return nil, err
-	}
-	edgeLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		upLn.Close()
-		st.cleanup()
-		return nil, err
-	}
-	// edge.Serve listens itself: hand it the address just freed.
-	edgeAddr := edgeLn.Addr().String()
-	edgeLn.Close()
-	st.edgeURL = "http://" + edgeAddr
-
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	st.cancel = cancel
-	st.g = &errgroup.Group{}
-	st.up = httpserver.New(fake, 30*time.Second, logger)
-	st.g.Go(func() error {
-		return httpserver.Serve(runCtx, st.up, upLn, time.Second, logger.With("server", "fake-wechat"))
+	st, err := stack.Start(ctx, stack.Options{
+		Logger:   logging.New(os.Stderr, level, "text"),
+		Embedded: embednats.Options{Name: "soak", Port: -1, JetStream: true},
+		Fake:     fakewx.New(fakewx.Config{Apps: []fakewx.App{fakewx.DemoApp()}, Latency: o.latency, CodeTTL: o.codeTTL}),
+		Workers:  o.workers,
+		Worker: exchange.Config{
+			Apps:           map[string]string{fakewx.DemoAppID: fakewx.DemoSecret},
+			HTTPTimeout:    time.Second,
+			MaxAttempts:    3,
+			Concurrency:    1024,
+			RequestTimeout: 5 * time.Second,
+			ResultTTL:      o.resultTTL,
+			ClaimTTL:       3 * time.Second,
+			KVReplicas:     1,
+		},
+		Edge: &stack.EdgeOptions{Addr: "127.0.0.1:0", Config: edge.Config{Timeout: o.timeout, MaxBody: 4096}},
 	})
-	connect := func(name string, extra ...nats.Option) (*nats.Conn, error) {
-		return nats.Connect(ns.ClientURL(), append(natsconn.Resilient(name, logger), extra...)...)
-	}
-	wcfg := exchange.Config{
-		Apps:           map[string]string{fakewx.DemoAppID: fakewx.DemoSecret},
-		HTTPTimeout:    time.Second,
-		MaxAttempts:    3,
-		Concurrency:    1024,
-		RequestTimeout: 5 * time.Second,
-		ResultTTL:      o.resultTTL,
-		ClaimTTL:       3 * time.Second,
-		KVReplicas:     1,
-	}
-	for i := range o.workers {
-		nc, err := connect(fmt.Sprintf("soak-worker-%d", i))
-		if err != nil {
-			st.stop()
-			return nil, fmt.Errorf("connecting worker %d: %w", i, err)
-		}
-		st.g.Go(func() error { return exchange.Serve(runCtx, wcfg, "http://"+upLn.Addr().String(), "", nc, logger) })
-	}
-	nc, err := connect("soak-edge", nats.ReconnectBufSize(-1))
 	if err != nil {
-		st.stop()
-		return nil, fmt.Errorf("connecting edge: %w", err)
+		return nil, err
 	}
-	st.g.Go(func() error {
-		return edge.Serve(runCtx, edge.Config{Timeout: o.timeout, MaxBody: 4096}, edgeAddr, nc, logger)
-	})
 
 	// Ready when an exchange goes through end to end.
 	deadline := time.Now().Add(10 * time.Second)
 	for i := 0; ; i++ {
-		resp, err := http.Get(fmt.Sprintf("%s/v1/openid?code=soak-ready-%d", st.edgeURL, i))
+		resp, err := http.Get(fmt.Sprintf("%s/v1/openid?code=soak-ready-%d", st.EdgeURL(), i))
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -179,24 +118,9 @@ func startStack(ctx context.Context, o options) (*stack, error) {
 			}
 		}
 		if time.Now().After(deadline) {
-			st.stop()
+			st.Stop()
 			return nil, errors.New("the stack did not answer within 10s")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// stop shuts the pieces down in the binaries' order (edge and workers
-// first, through their contexts), then NATS.
-func (st *stack) stop() error {
-	st.cancel()
-	err := st.g.Wait()
-	st.cleanup()
-	return err
-}
-
-func (st *stack) cleanup() {
-	st.ns.Shutdown()
-	st.ns.WaitForShutdown()
-	os.RemoveAll(st.store)
 }

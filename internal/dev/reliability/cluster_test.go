@@ -8,12 +8,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/wxlogin/wxlogin/internal/dev/natstest"
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/edge"
-	"github.com/wxlogin/wxlogin/internal/embednats"
-	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
-	"github.com/wxlogin/wxlogin/internal/testbed"
-	"github.com/wxlogin/wxlogin/internal/wechat"
 )
 
 // TestClusterNodeLossFailover: in a 3-node cluster, the node the edge is
@@ -26,7 +24,7 @@ import (
 // down.
 func TestClusterNodeLossFailover(t *testing.T) {
 	t.Parallel()
-	nodes := embednats.ClusterForTest(t, 3)
+	nodes := natstest.StartCluster(t, 3)
 	b := testbed.New(t, testbed.Options{NoJS: true}) // its single server is unused; the fake and logs are
 	urls := make([]string, len(nodes))
 	for i, s := range nodes {
@@ -55,14 +53,11 @@ func TestClusterNodeLossFailover(t *testing.T) {
 	// One worker sits on a node that survives; another knows every URL
 	// and may share the edge's fate and fail over too.
 	startWorker := func(nc *nats.Conn) {
-		ew, err := exchange.New(b.WorkerConfig(), upstreamClient(t, b), b.Logger)
+		w, err := b.Stack().StartWorker(b.WorkerConfig(), nc)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := ew.Start(nc, "0.0.0-test"); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ew.Shutdown() })
+		t.Cleanup(func() { w.Stop() })
 	}
 	startWorker(connect("worker-pinned", []string{urls[(lost+1)%3]}, nats.IgnoreDiscoveredServers()))
 	startWorker(connect("worker-roaming", urls))
@@ -97,14 +92,4 @@ func TestClusterNodeLossFailover(t *testing.T) {
 		}
 	}
 	t.Logf("edge moved from %s to %s; replies by phase and kind: %v", nodes[lost].Name(), edgeNC.ConnectedServerName(), kinds)
-}
-
-// upstreamClient is a WeChat client for the bed's fake.
-func upstreamClient(t testing.TB, b *testbed.Bed) *wechat.Client {
-	t.Helper()
-	c, err := wechat.New(b.Upstream.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }

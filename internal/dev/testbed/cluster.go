@@ -1,16 +1,14 @@
 package testbed
 
 import (
-	"context"
-	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/wxlogin/wxlogin/internal/dev/natstest"
 	"github.com/wxlogin/wxlogin/internal/edge"
-	"github.com/wxlogin/wxlogin/internal/embednats"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/natsconn"
 )
@@ -27,7 +25,7 @@ type Cluster struct {
 // upstream. Options.NoJS is ignored: a cluster always has JetStream.
 func NewCluster(t testing.TB, n int, o Options) *Cluster {
 	t.Helper()
-	nodes := embednats.ClusterForTest(t, n)
+	nodes := natstest.StartCluster(t, n)
 	return &Cluster{Bed: newBed(t, o, nodes[0]), Nodes: nodes}
 }
 
@@ -56,12 +54,5 @@ func (c *Cluster) StartWorkerOn(i int, cfg exchange.Config) *Worker {
 // returns its URL.
 func (c *Cluster) StartEdgeOn(i int, timeout time.Duration, probe edge.ProbeOptions) string {
 	c.T.Helper()
-	nc := c.ConnectTo(i, "edge", nats.ReconnectBufSize(-1))
-	workers := edge.NewWorkers(nc, "", probe, c.Logger)
-	ctx, cancel := context.WithCancel(context.Background())
-	probing := make(chan struct{})
-	go func() { defer close(probing); workers.Run(ctx) }()
-	srv := httptest.NewServer(edge.NewServer(edge.Config{Timeout: timeout, MaxBody: 4096}, nc, c.Logger, edge.WithWorkers(workers)))
-	c.T.Cleanup(func() { srv.Close(); cancel(); <-probing })
-	return srv.URL
+	return c.startEdgeOn(c.ConnectTo(i, "edge", nats.ReconnectBufSize(-1)), timeout, probe)
 }

@@ -1,4 +1,4 @@
-// Command soak runs wxlogin in one process (an embedded NATS server with
+// Command soak (task soak) runs wxlogin in one process (an embedded NATS server with
 // JetStream, a fake WeChat that misbehaves on purpose, workers and an
 // edge) and drives it at a steady rate for a long time (task soak: 10
 // minutes). Every few seconds it prints latency, answers by kind,
@@ -38,8 +38,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	res := drive(ctx, o, st.edgeURL, stdout)
-	if err := st.stop(); err != nil {
+	res := drive(ctx, o, st.EdgeURL(), stdout)
+	if err := st.Stop(); err != nil {
 		fmt.Fprintln(stdout, "stopping:", err)
 	}
 	return res.verdict(o, stdout)

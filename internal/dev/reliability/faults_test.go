@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/edge"
 	"github.com/wxlogin/wxlogin/internal/embednats"
 	"github.com/wxlogin/wxlogin/internal/exchange"
-	"github.com/wxlogin/wxlogin/internal/testbed"
 )
 
 // TestWorkerKilledMidRequest: a worker dies (its connection closes with

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/edge"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
-	"github.com/wxlogin/wxlogin/internal/testbed"
 )
 
 // TestNoCrossTalkUnderConcurrency: 10,000 requests at once, with distinct

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/protocol"
-	"github.com/wxlogin/wxlogin/internal/testbed"
 	"github.com/wxlogin/wxlogin/internal/token"
 )
 

@@ -14,10 +14,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/edge"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/protocol"
-	"github.com/wxlogin/wxlogin/internal/testbed"
 )
 
 // slack is what an answer may take beyond its budget: scheduling on a

@@ -1,5 +1,5 @@
-// Package bench is wxlogin's performance benchmark (cmd/wxbench, task
-// bench). It starts everything itself on 127.0.0.1 (a NATS server with
+// Package bench is wxlogin's performance benchmark (task bench, whose
+// binary is internal/dev/wxbench). It starts everything itself on 127.0.0.1 (a NATS server with
 // JetStream, the fake WeChat, workers, the edge, and a direct one-handler
 // baseline), drives them with its own closed-loop load generator, and
 // prints one table. It reports figures and asserts nothing: the targets

@@ -15,17 +15,16 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxlogin/wxlogin/internal/edge"
+	"github.com/wxlogin/wxlogin/internal/embednats"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/httpserver"
-	"github.com/wxlogin/wxlogin/internal/natsconn"
 	"github.com/wxlogin/wxlogin/internal/protocol"
-	"github.com/wxlogin/wxlogin/internal/version"
+	"github.com/wxlogin/wxlogin/internal/stack"
 	"github.com/wxlogin/wxlogin/internal/wechat"
 )
 
@@ -179,136 +178,123 @@ func startUpstream(latency time.Duration, cert *fakewx.TLSCert, logger *slog.Log
 	return u, nil
 }
 
-// stack is one scenario's infrastructure: a NATS server with JetStream in
-// a temporary store, the fake WeChat, and whatever runs on them. A fresh
-// stack per scenario keeps one scenario's JetStream state and idle
-// connections out of the next one's figures.
-type stack struct {
+// rig is one scenario's infrastructure: the fake WeChat, and a stack
+// (package stack, as the binaries assemble theirs) on a NATS server with
+// JetStream in a temporary store, to which the scenario adds workers and
+// edges. A fresh rig per scenario keeps one scenario's JetStream state
+// and idle connections out of the next one's figures.
+type rig struct {
 	log      *slog.Logger
-	nats     natsServer
+	st       *stack.Stack
+	proc     *natsProc // the NATS server's process with Options.NATSChild; nil in this process
 	storeDir string
 	up       *upstream
 	closers  []func()
 }
 
-func newStack(latency time.Duration, e *env) (*stack, error) {
-	return newStackOver(latency, nil, e)
+func newRig(latency time.Duration, e *env) (*rig, error) {
+	return newRigOver(latency, nil, e)
 }
 
-// newStackOver is newStack with the fake WeChat served over HTTPS with
-// cert, or over plain HTTP if cert is nil. The NATS server runs in this
+// newRigOver is newRig with the fake WeChat served over HTTPS with cert,
+// or over plain HTTP if cert is nil. The NATS server runs in this
 // process, or in a child process with Options.NATSChild (natsProc).
-func newStackOver(latency time.Duration, cert *fakewx.TLSCert, e *env) (*stack, error) {
+func newRigOver(latency time.Duration, cert *fakewx.TLSCert, e *env) (*rig, error) {
 	dir, err := os.MkdirTemp("", "wxbench-nats-")
 	if err != nil {
 		return nil, fmt.Errorf("making a JetStream store dir: %w", err)
 	}
-	s := &stack{log: e.log, storeDir: dir}
-	if e.opts.NATSChild {
-		var p *natsProc
-		if p, err = startNATSProc(dir, e.opts.LogLevel, e.stderr); err == nil {
-			s.nats = p
-		}
-	} else {
-		as("nats-server", func() {
-			var ns *server.Server
-			ns, err = startNATS(dir, e.log)
-			if err == nil {
-				s.nats = inProcessNATS{ns}
-			}
-		})
-	}
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	if s.up, err = startUpstream(latency, cert, e.log); err != nil {
-		s.close()
+	r := &rig{log: e.log, storeDir: dir}
+	if r.up, err = startUpstream(latency, cert, e.log); err != nil {
+		r.close()
 		return nil, fmt.Errorf("starting the fake WeChat: %w", err)
 	}
-	return s, nil
+	o := stack.Options{
+		Logger:   e.log,
+		Embedded: embednats.Options{Name: "wxbench", Port: -1, JetStream: true, StoreDir: dir},
+		Upstream: r.up.URL,
+	}
+	if e.opts.NATSChild {
+		if r.proc, err = startNATSProc(dir, e.opts.LogLevel, e.stderr); err != nil {
+			r.close()
+			return nil, err
+		}
+		o.NATSURL = r.proc.ClientURL()
+	}
+	as("nats-server", func() { r.st, err = stack.Start(context.Background(), o) })
+	if err != nil {
+		r.close()
+		return nil, err
+	}
+	return r, nil
 }
 
 // profileNATS profiles a NATS server process's CPU into path until stop
 // is called. A server in this process is in this process's profile.
-func (s *stack) profileNATS(path string) (stop func(), err error) {
-	p, ok := s.nats.(*natsProc)
-	if !ok {
+func (r *rig) profileNATS(path string) (stop func(), err error) {
+	if r.proc == nil {
 		return func() {}, nil
 	}
-	if err := p.profile(path); err != nil {
+	if err := r.proc.profile(path); err != nil {
 		return nil, err
 	}
 	return func() {
-		if err := p.profile(""); err != nil {
-			s.log.Warn("stopping the NATS server's profile", "error", err)
+		if err := r.proc.profile(""); err != nil {
+			r.log.Warn("stopping the NATS server's profile", "error", err)
 		}
 	}, nil
 }
 
-// close stops everything started on the stack, newest first.
-func (s *stack) close() {
-	for i := len(s.closers) - 1; i >= 0; i-- {
-		s.closers[i]()
+// close stops everything started on the rig: its own clients newest
+// first, then the stack (edges, workers, NATS), then the fake WeChat.
+func (r *rig) close() {
+	for i := len(r.closers) - 1; i >= 0; i-- {
+		r.closers[i]()
 	}
-	if s.up != nil {
-		s.up.close()
+	if r.st != nil {
+		if err := r.st.Stop(); err != nil {
+			r.log.Warn("stopping the stack", "error", err)
+		}
 	}
-	s.nats.Shutdown()
-	os.RemoveAll(s.storeDir)
+	if r.proc != nil {
+		r.proc.Shutdown()
+	}
+	if r.up != nil {
+		r.up.close()
+	}
+	os.RemoveAll(r.storeDir)
 }
 
-// connect opens a TCP connection to the stack's NATS server the way the
-// binaries do: edge and workers are separate processes in production, so
-// they talk over the network, not in-process.
-func (s *stack) connect(name string, extra ...nats.Option) (*nats.Conn, error) {
-	nc, err := nats.Connect(s.nats.ClientURL(), append(natsconn.Resilient(name, s.log), extra...)...)
+// connect opens a client's TCP connection to the rig's NATS server.
+func (r *rig) connect(name string, extra ...nats.Option) (*nats.Conn, error) {
+	nc, err := r.st.Connect(name, extra...)
 	if err != nil {
-		return nil, fmt.Errorf("connecting %s to nats: %w", name, err)
+		return nil, err
 	}
-	s.closers = append(s.closers, nc.Close)
+	r.closers = append(r.closers, nc.Close)
 	return nc, nil
 }
 
-// startWorker starts a worker on a connection of its own, as cmd/worker
-// does. Stop it with its Shutdown.
-func (s *stack) startWorker(cfg exchange.Config) (w *exchange.Worker, err error) {
-	as("worker", func() { w, err = s.startWorkerHere(cfg) })
+// startWorker starts a worker on a TCP connection of its own, as
+// cmd/worker runs: edge and workers are separate processes in
+// production. Stop it with its Stop.
+func (r *rig) startWorker(cfg exchange.Config) (w *stack.Worker, err error) {
+	as("worker", func() { w, err = r.st.StartWorker(cfg, nil) })
 	return w, err
 }
 
-func (s *stack) startWorkerHere(cfg exchange.Config) (*exchange.Worker, error) {
-	// The pool sized as exchange.Serve sizes it in production.
-	client, err := wechat.New(s.up.URL, wechat.IdleConns(cfg.Concurrency))
-	if err != nil {
-		return nil, err
-	}
-	w, err := exchange.New(cfg, client, s.log)
-	if err != nil {
-		return nil, err
-	}
-	nc, err := s.connect("wxbench-worker")
-	if err != nil {
-		return nil, err
-	}
-	if err := w.Start(nc, version.Version()); err != nil {
-		return nil, fmt.Errorf("starting a worker: %w", err)
-	}
-	return w, nil
-}
-
 // startWorkers starts n workers; stop stops them all.
-func (s *stack) startWorkers(n int, cfg exchange.Config) (stop func(), err error) {
-	var ws []*exchange.Worker
+func (r *rig) startWorkers(n int, cfg exchange.Config) (stop func(), err error) {
+	var ws []*stack.Worker
 	stop = func() {
 		for _, w := range ws {
-			if err := w.Shutdown(); err != nil {
-				s.log.Warn("worker shutdown", "error", err)
+			if err := w.Stop(); err != nil {
+				r.log.Warn("worker shutdown", "error", err)
 			}
 		}
 	}
 	for range n {
-		w, err := s.startWorker(cfg)
+		w, err := r.startWorker(cfg)
 		if err != nil {
 			stop()
 			return nil, err
@@ -319,43 +305,37 @@ func (s *stack) startWorkers(n int, cfg exchange.Config) (stop func(), err error
 }
 
 // startEdge serves the edge over real HTTP, as cmd/edge does.
-func (s *stack) startEdge() (url string, err error) {
-	as("edge", func() { url, err = s.startEdgeHere() })
+func (r *rig) startEdge() (url string, err error) {
+	as("edge", func() {
+		var e *stack.Edge
+		e, err = r.st.StartEdge(stack.EdgeOptions{
+			Addr: "127.0.0.1:0", Config: edge.Config{Timeout: edgeTimeout, MaxBody: edgeMaxBody},
+		}, nil)
+		if err == nil {
+			url = e.URL
+		}
+	})
 	return url, err
-}
-
-func (s *stack) startEdgeHere() (string, error) {
-	nc, err := s.connect("wxbench-edge", nats.ReconnectBufSize(-1))
-	if err != nil {
-		return "", err
-	}
-	h := edge.NewServer(edge.Config{Timeout: edgeTimeout, MaxBody: edgeMaxBody}, nc, s.log)
-	srv, err := serve(h, edgeTimeout+5*time.Second, s.log, "edge")
-	if err != nil {
-		return "", err
-	}
-	s.closers = append(s.closers, srv.close)
-	return srv.URL, nil
 }
 
 // startBaseline serves the direct handler over real HTTP.
-func (s *stack) startBaseline() (url string, err error) {
-	as("baseline", func() { url, err = s.startBaselineHere() })
+func (r *rig) startBaseline() (url string, err error) {
+	as("baseline", func() { url, err = r.startBaselineHere() })
 	return url, err
 }
 
-func (s *stack) startBaselineHere() (string, error) {
+func (r *rig) startBaselineHere() (string, error) {
 	// A well-configured peer: enough idle connections for the largest
 	// scenario's clients, as the worker has for its concurrency.
-	client, err := wechat.New(s.up.URL, wechat.IdleConns(4096))
+	client, err := wechat.New(r.up.URL, wechat.IdleConns(4096))
 	if err != nil {
 		return "", err
 	}
-	srv, err := serve(baselineHandler(client, benchApp.AppID, benchApp.Secret), edgeTimeout+5*time.Second, s.log, "baseline")
+	srv, err := serve(baselineHandler(client, benchApp.AppID, benchApp.Secret), edgeTimeout+5*time.Second, r.log, "baseline")
 	if err != nil {
 		return "", err
 	}
-	s.closers = append(s.closers, srv.close)
+	r.closers = append(r.closers, srv.close)
 	return srv.URL, nil
 }
 
@@ -415,10 +395,10 @@ func probe(ctx context.Context, tr *http.Transport, base, code string) error {
 	return nil
 }
 
-// kvBuckets names the JetStream key-value buckets on the stack's server:
+// kvBuckets names the JetStream key-value buckets on the rig's server:
 // how the benchmark tells whether the worker really de-duplicated.
-func (s *stack) kvBuckets(ctx context.Context) ([]string, error) {
-	nc, err := nats.Connect(s.nats.ClientURL())
+func (r *rig) kvBuckets(ctx context.Context) ([]string, error) {
+	nc, err := nats.Connect(r.st.NATSURL())
 	if err != nil {
 		return nil, err
 	}

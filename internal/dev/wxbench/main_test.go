@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wxlogin/wxlogin/internal/bench"
+	"github.com/wxlogin/wxlogin/internal/dev/bench"
 )
 
 // TestMain lets this test binary stand in for wxbench as its children

@@ -2,7 +2,7 @@
 // starts NATS, the fake WeChat, workers, the edge and a direct
 // one-handler baseline on 127.0.0.1, drives them with its own closed-loop
 // load generator, and prints one table. wxbench -h lists the flags; the
-// scenarios are those of issue 7, described in internal/bench.
+// scenarios are those of issue 7, described in internal/dev/bench.
 package main
 
 import (
@@ -17,7 +17,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/wxlogin/wxlogin/internal/bench"
+	"github.com/wxlogin/wxlogin/internal/dev/bench"
 	"github.com/wxlogin/wxlogin/internal/logging"
 )
 

@@ -65,7 +65,7 @@ func roundsNote(runs []loadResult) string {
 // baseline and pipeline alternate so that the machine's drift hits both.
 func scenario1(ctx context.Context, e *env) ([]row, error) {
 	const clients = 64
-	st, err := newStack(0, e)
+	st, err := newRig(0, e)
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +197,7 @@ func msDiff(a, b time.Duration) float64 { return float64(a-b) / float64(time.Mil
 // own are the difference (go tool pprof -base); lock contention into
 // -mutex; with -nats-child, the NATS server's CPU into -nats. stop ends
 // them and writes what is written at the end.
-func profileRun(st *stack, path string) (stop func(), err error) {
+func profileRun(st *rig, path string) (stop func(), err error) {
 	base := strings.TrimSuffix(path, ".pprof")
 	var undo []func()
 	stop = func() {
@@ -255,7 +255,7 @@ func scenario2(ctx context.Context, e *env) ([]row, error) {
 	const latency = 100 * time.Millisecond
 	clients := e.opts.Clients2
 	ideal := float64(clients) / latency.Seconds()
-	st, err := newStack(latency, e)
+	st, err := newRig(latency, e)
 	if err != nil {
 		return nil, err
 	}
@@ -311,7 +311,7 @@ func coresForIdeal(ideal float64, res loadResult) string {
 func scenario4(ctx context.Context, e *env) ([]row, error) {
 	const latency = 50 * time.Millisecond
 	perWorker := e.opts.PerWorker
-	st, err := newStack(latency, e)
+	st, err := newRig(latency, e)
 	if err != nil {
 		return nil, err
 	}
@@ -356,7 +356,7 @@ func scenario4(ctx context.Context, e *env) ([]row, error) {
 // wxlogin.code2session over NATS, without the edge.
 func scenario5(ctx context.Context, e *env) ([]row, error) {
 	const clients = 64
-	st, err := newStack(0, e)
+	st, err := newRig(0, e)
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,8 @@
-package embednats
+// Package natstest starts real NATS servers for tests: one embedded
+// server, or a cluster of them routed on loopback, each shut down when
+// the test ends. It lives under internal/dev because it links package
+// testing, which no production binary may carry.
+package natstest
 
 import (
 	"fmt"
@@ -7,17 +11,19 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/wxlogin/wxlogin/internal/embednats"
 )
 
-// ForTest starts a real server on a random loopback port for t and shuts
+// Start starts a real server on a random loopback port for t and shuts
 // it down when t ends. JetStream is on, in t's temp dir, unless noJS.
-func ForTest(t testing.TB, noJS bool) *server.Server {
+func Start(t testing.TB, noJS bool) *server.Server {
 	t.Helper()
-	o := Options{Port: -1, JetStream: !noJS}
+	o := embednats.Options{Port: -1, JetStream: !noJS}
 	if o.JetStream {
 		o.StoreDir = t.TempDir()
 	}
-	s, err := Start(o, nil)
+	s, err := embednats.Start(o, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,9 +31,9 @@ func ForTest(t testing.TB, noJS bool) *server.Server {
 	return s
 }
 
-// ClusterForTest starts an n-node cluster with JetStream on loopback and
+// StartCluster starts an n-node cluster with JetStream on loopback and
 // waits until every node sees all its routes and JetStream has a leader.
-func ClusterForTest(t testing.TB, n int) []*server.Server {
+func StartCluster(t testing.TB, n int) []*server.Server {
 	t.Helper()
 	// A JetStream cluster refuses to start on a node with no configured
 	// routes, the first one included; so every node is told every other
@@ -35,7 +41,7 @@ func ClusterForTest(t testing.TB, n int) []*server.Server {
 	ports := freePorts(t, n)
 	var nodes []*server.Server
 	for i := range n {
-		o := Options{
+		o := embednats.Options{
 			Name: fmt.Sprintf("n%d", i+1), Port: -1,
 			JetStream: true, StoreDir: t.TempDir(),
 			ClusterName: "wxtest", ClusterPort: ports[i],
@@ -45,7 +51,7 @@ func ClusterForTest(t testing.TB, n int) []*server.Server {
 				o.Routes = append(o.Routes, fmt.Sprintf("nats-route://127.0.0.1:%d", p))
 			}
 		}
-		s, err := Start(o, nil)
+		s, err := embednats.Start(o, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/edge"
 	"github.com/wxlogin/wxlogin/internal/httpserver"
 	"github.com/wxlogin/wxlogin/internal/protocol"
-	"github.com/wxlogin/wxlogin/internal/testbed"
 )
 
 // TestAbuse attacks an edge served as cmd/edge serves it (edge.Serve,

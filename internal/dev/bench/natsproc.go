@@ -34,29 +34,15 @@ const (
 	natsProfileSubject = "wxbench.child.nats.profile"
 )
 
-// natsServer is the stack's NATS server, in a child process (natsProc)
-// or in this one (inProcessNATS).
-type natsServer interface {
-	ClientURL() string
-	Shutdown()
-}
-
 // startNATS starts the benchmark's NATS server, with JetStream storing
 // in dir, in this process.
 func startNATS(dir string, logger *slog.Logger) (*server.Server, error) {
 	return embednats.Start(embednats.Options{Name: "wxbench", Port: -1, JetStream: true, StoreDir: dir}, logger)
 }
 
-type inProcessNATS struct{ *server.Server }
-
-func (s inProcessNATS) Shutdown() {
-	s.Server.Shutdown()
-	s.Server.WaitForShutdown()
-}
-
 // natsProc is the NATS server in a process of its own (-nats-child), as
 // in a split deployment. Its JetStream store holds every code's answer for
-// WX_RESULT_TTL, tens of MB by the end of scenario 1. In the benchmark's
+// WX_RESULT_TTL, a heap that grows through scenario 1. In the benchmark's
 // process, every garbage collection set off by the load generator, the
 // fake, the edge and the workers marks that heap too, which lengthens
 // every setup's tail, the baseline's included. Apart, the store costs

@@ -1,6 +1,7 @@
 package reliability_test
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -9,11 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/edge"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/protocol"
-	"github.com/wxlogin/wxlogin/internal/testbed"
+	"github.com/wxlogin/wxlogin/internal/stack"
 	"github.com/wxlogin/wxlogin/internal/wechat"
 )
 
@@ -21,18 +23,14 @@ import (
 // on its own connection to the bed's NATS.
 func startWorkerAt(t *testing.T, b *testbed.Bed, cfg exchange.Config, apiBase string) {
 	t.Helper()
-	client, err := wechat.New(apiBase)
+	st, err := stack.Start(context.Background(), stack.Options{Logger: b.Logger, NATSURL: b.NATS.ClientURL(), Upstream: apiBase})
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := exchange.New(cfg, client, b.Logger)
-	if err != nil {
+	t.Cleanup(func() { st.Stop() })
+	if _, err := st.StartWorker(cfg, b.Connect("worker-"+cfg.SubjectPrefix)); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Start(b.Connect("worker-"+cfg.SubjectPrefix), "0.0.0-test"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Shutdown() })
 }
 
 // TestUpstreamFaults: every way WeChat (or what stands in front of it)
