@@ -50,6 +50,10 @@ type Config struct {
 	// Registry, when set, receives the worker's Prometheus metrics and is
 	// served on the probes' /metrics.
 	Registry *prometheus.Registry
+	// ProbesMayMove: the probes' address is the default, not the
+	// operator's, so a worker that finds it taken (another worker on the
+	// same host) serves them on a free port instead of exiting.
+	ProbesMayMove bool
 }
 
 // Worker exchanges codes. Its zero value is not usable; call New.

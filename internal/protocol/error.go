@@ -23,13 +23,16 @@ const (
 	KindUpstream      Kind = "upstream_error"
 	KindUnavailable   Kind = "unavailable"
 	KindTimeout       Kind = "timeout"
+	// KindInternal: a bug on our side (a recovered panic); the reply says
+	// nothing more, and the same code may be retried.
+	KindInternal Kind = "internal"
 )
 
 // Kinds lists every kind, for tests and metrics.
 var Kinds = []Kind{
 	KindBadRequest, KindUnknownApp, KindAppIDRequired, KindInvalidCode,
 	KindCodeUsed, KindUserBlocked, KindRateLimited, KindUpstream,
-	KindUnavailable, KindTimeout,
+	KindUnavailable, KindTimeout, KindInternal,
 }
 
 // Retry tells the mini-program what to do after an error.
@@ -57,6 +60,7 @@ var defaults = map[Kind]struct {
 	KindUpstream:      {http.StatusBadGateway, RetrySameCode},
 	KindUnavailable:   {http.StatusServiceUnavailable, RetrySameCode},
 	KindTimeout:       {http.StatusGatewayTimeout, RetrySameCode},
+	KindInternal:      {http.StatusInternalServerError, RetrySameCode},
 }
 
 // Error is the one error type of wxlogin. Message, Kind, Retry, Status and

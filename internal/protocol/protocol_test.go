@@ -159,6 +159,7 @@ func TestNewKinds(t *testing.T) {
 		{protocol.KindUpstream, "upstream_error", 502, "same_code"},
 		{protocol.KindUnavailable, "unavailable", 503, "same_code"},
 		{protocol.KindTimeout, "timeout", 504, "same_code"},
+		{protocol.KindInternal, "internal", 500, "same_code"},
 	}
 	if len(protocol.Kinds) != len(want) {
 		t.Fatalf("Kinds has %d kinds, want %d", len(protocol.Kinds), len(want))
