@@ -155,6 +155,9 @@ type FakeWXConfig struct {
 	// HTTP a client holds a connection per call in flight.
 	TLS   bool   `envconfig:"FAKEWX_TLS" default:"false" desc:"serve HTTPS (HTTP/2 and HTTP/1.1) with a self-signed certificate made at start"`
 	CAOut string `envconfig:"FAKEWX_CA_OUT" desc:"with FAKEWX_TLS, write the certificate (PEM) to this path, for a worker's WX_CA_FILE"`
+	// Workers refuse plain http:// to anything but loopback, so a fake in
+	// another container is reached over HTTPS by its service name.
+	TLSHosts []string `envconfig:"FAKEWX_TLS_HOSTS" desc:"with FAKEWX_TLS, host names the certificate is valid for besides localhost (comma separated), e.g. a Compose service name"`
 }
 
 // Load fills spec from the environment, validates it, then reads the
@@ -235,6 +238,9 @@ func (c *FakeWXConfig) validate() error {
 	}
 	if c.CAOut != "" && !c.TLS {
 		errs = append(errs, errors.New("FAKEWX_CA_OUT: set FAKEWX_TLS=true too"))
+	}
+	if len(c.TLSHosts) > 0 && !c.TLS {
+		errs = append(errs, errors.New("FAKEWX_TLS_HOSTS: set FAKEWX_TLS=true too"))
 	}
 	return errors.Join(append(errs, c.Log.validate())...)
 }
