@@ -86,6 +86,9 @@ func TestEnvNamesMatchContract(t *testing.T) {
 		"FAKEWX_TLS", "FAKEWX_CA_OUT", "WX_CA_FILE",
 		// Go's profiler, opt-in (issue 7).
 		"DEBUG_ADDR",
+		// Safe defaults (issue 14).
+		"DEBUG_ALLOW_REMOTE", "EDGE_ALLOW_GET", "EDGE_MAX_CONNS", "EDGE_IDLE_TIMEOUT", "EDGE_METRICS_ADDR",
+		"EDGE_TRUSTED_PROXIES", "FAKEWX_TLS_HOSTS",
 	} {
 		if !names[want] {
 			t.Errorf("no config reads %s", want)
