@@ -50,9 +50,10 @@ func TestSeveralWorkersOnOneHost(t *testing.T) {
 	for range n {
 		go func() { done <- run(ctx, nil, io.Discard) }()
 	}
+	running := n
 	t.Cleanup(func() {
 		cancel()
-		for range n {
+		for range running {
 			if err := <-done; err != nil {
 				t.Errorf("worker: %v", err)
 			}
@@ -63,6 +64,7 @@ func TestSeveralWorkersOnOneHost(t *testing.T) {
 	testbed.Eventually(t, 15*time.Second, "three workers in the pool", func() bool {
 		select {
 		case err := <-done:
+			running--
 			t.Fatalf("a worker exited: %v", err)
 		default:
 		}
