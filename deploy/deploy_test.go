@@ -292,6 +292,12 @@ func TestSecretFilesAreMounted(t *testing.T) {
 			mounted[sec.(string)] = true
 		}
 		for k, v := range envMap(t, svc["environment"]) {
+			if publicFileVars[k] {
+				if !underVolume(svc, v) {
+					t.Errorf("compose service %s: %s=%s is not in a volume it mounts", name, k, v)
+				}
+				continue
+			}
 			if strings.HasSuffix(k, "_FILE") {
 				sec, ok := strings.CutPrefix(v, "/run/secrets/")
 				if !ok || !mounted[sec] {
@@ -343,7 +349,7 @@ func TestSecretFilesAreMounted(t *testing.T) {
 			}
 		}
 		for k, v := range c.env {
-			if strings.HasSuffix(k, "_FILE") && !files[v] {
+			if (strings.HasSuffix(k, "_FILE") || publicFileVars[k]) && !files[v] {
 				t.Errorf("%s: %s=%s is not a file of a mounted Secret", c.where, k, v)
 			}
 		}

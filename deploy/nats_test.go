@@ -48,18 +48,39 @@ var passwords = map[string]string{
 	"service": "service-pw-for-tests",
 }
 
-// startDeployNATS runs the shipped configuration. Only what cannot work
-// on a test machine changes: the listen address, the monitoring port,
-// the cluster routes (hostnames of the Compose network) and the store.
+// startDeployNATS runs the shipped configuration, TLS included. Only
+// what cannot work on a test machine changes: the certificates' directory
+// (made by the test for 127.0.0.1), the listen address, the monitoring
+// port, the cluster routes (hostnames of the Compose network) and the
+// store. The CA's path is in caFile afterwards, for login.
 func startDeployNATS(t *testing.T) *server.Server {
 	t.Helper()
 	t.Setenv("NATS_SERVER_NAME", "deploy-test")
 	for user, pw := range passwords {
 		t.Setenv(strings.ToUpper(user)+"_PASSWORD", pw)
 	}
-	opts, err := server.ProcessConfigFile(filepath.Join("nats", "nats.conf"))
+	dir := t.TempDir()
+	tlsDir := filepath.Join(dir, "tls")
+	caFile = writeTestCerts(t, tlsDir)
+	for _, f := range []string{"nats.conf", "accounts.conf"} {
+		b, err := os.ReadFile(filepath.Join("nats", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f == "nats.conf" && !strings.Contains(string(b), shippedTLSDir) {
+			t.Fatalf("nats/nats.conf does not use the certificates in %s", shippedTLSDir)
+		}
+		b = []byte(strings.ReplaceAll(string(b), shippedTLSDir, tlsDir+"/"))
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts, err := server.ProcessConfigFile(filepath.Join(dir, "nats.conf"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if opts.TLSConfig == nil {
+		t.Fatal("nats/nats.conf does not require TLS of its clients")
 	}
 	opts.Host, opts.Port, opts.HTTPPort = "127.0.0.1", -1, 0
 	opts.Cluster, opts.Routes, opts.RoutesStr = server.ClusterOpts{}, nil, ""
@@ -94,7 +115,7 @@ func login(t *testing.T, s *server.Server, user string) *conn {
 		t.Fatal(err)
 	}
 	c := &conn{}
-	cfg := config.NATS{URL: s.ClientURL(), User: user, PasswordFile: pwFile, SubjectPrefix: protocol.DefaultSubjectPrefix}
+	cfg := config.NATS{URL: s.ClientURL(), User: user, PasswordFile: pwFile, TLSCA: caFile, SubjectPrefix: protocol.DefaultSubjectPrefix}
 	nc, err := natsconn.Connect(cfg, "deploy-test-"+user, quiet, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 		if errors.Is(err, nats.ErrPermissionViolation) {
 			c.mu.Lock()

@@ -61,7 +61,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 
 	// HTTPS, as WeChat is reached: a fresh certificate each start, whose
 	// PEM a worker trusts through WX_CA_FILE (FAKEWX_CA_OUT).
-	cert, err := fakewx.NewTLSCert()
+	cert, err := fakewx.NewTLSCert(cfg.TLSHosts...)
 	if err != nil {
 		return err
 	}
@@ -75,7 +75,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("FAKEWX_CA_OUT: %w", err)
 		}
 	}
-	logger.Info("serving HTTPS with a self-signed certificate for 127.0.0.1, ::1 and localhost; HTTP/2 offered", "ca_out", cfg.CAOut)
+	logger.Info("serving HTTPS with a self-signed certificate for 127.0.0.1, ::1, localhost and FAKEWX_TLS_HOSTS; HTTP/2 offered", "hosts", cfg.TLSHosts, "ca_out", cfg.CAOut)
 	return httpserver.Serve(ctx, srv, cert.Listener(ln), time.Second, logger)
 }
 

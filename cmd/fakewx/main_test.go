@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"io"
 	"net/http"
 	"net/url"
@@ -28,6 +29,7 @@ func TestRunTLS(t *testing.T) {
 	t.Setenv("FAKEWX_ADDR", addr)
 	t.Setenv("FAKEWX_TLS", "true")
 	t.Setenv("FAKEWX_CA_OUT", caFile)
+	t.Setenv("FAKEWX_TLS_HOSTS", "fakewx,fakewx.example")
 	t.Setenv("LOG_LEVEL", "warn")
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -47,6 +49,18 @@ func TestRunTLS(t *testing.T) {
 	}
 	if strings.Contains(string(pemBytes), "PRIVATE KEY") {
 		t.Fatal("FAKEWX_CA_OUT holds the private key")
+	}
+	// Valid for the Compose service name, as a worker in another
+	// container reaches it.
+	block, _ := pem.Decode(pemBytes)
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, host := range []string{"localhost", "fakewx", "fakewx.example"} {
+		if err := leaf.VerifyHostname(host); err != nil {
+			t.Errorf("certificate: %v", err)
+		}
 	}
 
 	for i, tc := range []struct {

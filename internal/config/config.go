@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -45,7 +46,11 @@ type Log struct {
 // Debug turns on Go's profiler, for an operator who needs to see where a
 // process spends its CPU or memory.
 type Debug struct {
-	DebugAddr string `envconfig:"DEBUG_ADDR" desc:"address of Go's profiler, /debug/pprof/ (e.g. 127.0.0.1:6060); empty (the default) disables; keep it off public interfaces"`
+	DebugAddr string `envconfig:"DEBUG_ADDR" desc:"address of Go's profiler, /debug/pprof/ (e.g. 127.0.0.1:6060); empty (the default) disables; a loopback address unless DEBUG_ALLOW_REMOTE"`
+	// Profiles show how the program works and cost CPU on demand: an
+	// address anyone on the network can reach is a choice to be made
+	// twice.
+	AllowRemote bool `envconfig:"DEBUG_ALLOW_REMOTE" default:"false" desc:"allow DEBUG_ADDR on a non-loopback address (\":6060\" listens on every interface)"`
 }
 
 // Edge configures the HTTP front.
@@ -57,7 +62,20 @@ type Edge struct {
 	// set X-Forwarded-For, every user would share the proxy's bucket.
 	ClientRate  float64 `envconfig:"EDGE_CLIENT_RATE" default:"0" desc:"requests per second per client IP on /v1/openid; 0 = off"`
 	ClientBurst int     `envconfig:"EDGE_CLIENT_BURST" default:"0" desc:"requests a client IP may send at once above EDGE_CLIENT_RATE; 0 = one second's worth"`
-	TrustProxy  bool    `envconfig:"EDGE_TRUST_PROXY" default:"false" desc:"take the client IP from the first X-Forwarded-For hop; only behind a proxy that overwrites that header"`
+	TrustProxy  bool    `envconfig:"EDGE_TRUST_PROXY" default:"false" desc:"take the client IP from X-Forwarded-For: the right-most hop that is not in EDGE_TRUSTED_PROXIES"`
+	// The private ranges are where a cluster's ingress and load balancers
+	// live; a client cannot connect from them through the public
+	// internet, so their hops are skipped as proxies.
+	TrustedProxies Prefixes `envconfig:"EDGE_TRUSTED_PROXIES" default:"127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7" desc:"CIDRs of the proxies whose X-Forwarded-For hops are skipped (with EDGE_TRUST_PROXY)"`
+	// GET puts the code in the URL, where access logs keep it for as long
+	// as WX_RESULT_TTL lets it be replayed; the seed clients use GET, so
+	// the default stays.
+	AllowGet bool `envconfig:"EDGE_ALLOW_GET" default:"true" desc:"accept codes in GET query strings; false: only POST bodies (405 for GET)"`
+	// Each idle connection costs memory (about 19 KB); the cap keeps a
+	// flood of them from growing the process past its container limit.
+	MaxConns    int           `envconfig:"EDGE_MAX_CONNS" default:"4096" desc:"most open client connections; more wait in the listen queue"`
+	IdleTimeout time.Duration `envconfig:"EDGE_IDLE_TIMEOUT" default:"30s" desc:"how long a keep-alive connection may stay unused"`
+	MetricsAddr string        `envconfig:"EDGE_METRICS_ADDR" desc:"address of /metrics apart from EDGE_ADDR; empty: /metrics on EDGE_ADDR"`
 }
 
 // Worker configures the exchange worker.
@@ -77,9 +95,16 @@ type Worker struct {
 	KVReplicas     int           `envconfig:"WORKER_KV_REPLICAS" default:"1" desc:"replicas of the JetStream answers bucket (3 on a 3-node cluster)"`
 	CAFile         string        `envconfig:"WX_CA_FILE" desc:"PEM bundle of the CA certificates to trust for WX_API_BASE instead of the system's (intercepting egress proxy, private gateway); empty: the system's"`
 
-	// roots holds WX_CA_FILE's certificates, read once by validate.
+	// roots holds WX_CA_FILE's certificates, read once by loadFiles.
 	roots *x509.CertPool
+	// metricsAddrSet: WORKER_METRICS_ADDR was set, not defaulted.
+	metricsAddrSet bool
 }
+
+// MetricsAddrIsDefault reports whether WORKER_METRICS_ADDR was left unset:
+// then, several workers on one host sharing the default port, a worker
+// that finds it taken may listen on another.
+func (w *Worker) MetricsAddrIsDefault() bool { return !w.metricsAddrSet }
 
 // RootCAs returns the certificates of WX_CA_FILE, read when the
 // configuration was loaded, or nil when it is empty: then the system's
@@ -143,10 +168,15 @@ type FakeWXConfig struct {
 	// HTTP a client holds a connection per call in flight.
 	TLS   bool   `envconfig:"FAKEWX_TLS" default:"false" desc:"serve HTTPS (HTTP/2 and HTTP/1.1) with a self-signed certificate made at start"`
 	CAOut string `envconfig:"FAKEWX_CA_OUT" desc:"with FAKEWX_TLS, write the certificate (PEM) to this path, for a worker's WX_CA_FILE"`
+	// Workers refuse plain http:// to anything but loopback, so a fake in
+	// another container is reached over HTTPS by its service name.
+	TLSHosts []string `envconfig:"FAKEWX_TLS_HOSTS" desc:"with FAKEWX_TLS, host names the certificate is valid for besides localhost (comma separated), e.g. a Compose service name"`
 }
 
-// Load fills spec from the environment and validates it. Errors name the
-// variable at fault.
+// Load fills spec from the environment, validates it, then reads the
+// files it names (loadFiles), in that order: validation looks at the
+// variables only, and a file is read once every setting is known good.
+// Errors name the variable at fault, never a secret's value.
 func Load(spec any) error {
 	if err := envconfig.Process("", spec); err != nil {
 		var pe *envconfig.ParseError
@@ -157,11 +187,30 @@ func Load(spec any) error {
 		}
 		return err
 	}
+	if w, ok := spec.(interface{ worker() *Worker }); ok {
+		_, w.worker().metricsAddrSet = os.LookupEnv("WORKER_METRICS_ADDR")
+	}
 	if v, ok := spec.(interface{ validate() error }); ok {
-		return v.validate()
+		if err := v.validate(); err != nil {
+			return err
+		}
+	}
+	if v, ok := spec.(interface{ loadFiles() error }); ok {
+		return v.loadFiles()
 	}
 	return nil
 }
+
+func (c *WorkerConfig) worker() *Worker   { return &c.Worker }
+func (c *AllInOneConfig) worker() *Worker { return &c.Worker }
+
+func (c *EdgeConfig) loadFiles() error { return c.NATS.loadFiles() }
+
+func (c *WorkerConfig) loadFiles() error {
+	return errors.Join(c.NATS.loadFiles(), c.Worker.loadFiles(true))
+}
+
+func (c *AllInOneConfig) loadFiles() error { return c.Worker.loadFiles(false) }
 
 // Usage writes the variables of spec as a table, for -h.
 func Usage(w io.Writer, spec any) error {
@@ -177,7 +226,7 @@ func (c *EdgeConfig) validate() error {
 }
 
 func (c *WorkerConfig) validate() error {
-	return errors.Join(c.NATS.validate(), c.Log.validate(), c.Worker.validate(true), c.Tokens.validate(), c.Debug.validate())
+	return errors.Join(c.NATS.validate(), c.Log.validate(), c.Worker.validate(), c.Tokens.validate(), c.Debug.validate())
 }
 
 func (c *AllInOneConfig) validate() error {
@@ -196,7 +245,7 @@ func (c *AllInOneConfig) validate() error {
 		c.users = users
 	}
 	// With no apps the all-in-one runs its demo upstream; so apps are optional here.
-	return errors.Join(append(errs, c.Log.validate(), c.Edge.validate(), c.Worker.validate(false), c.Tokens.validate(), c.Debug.validate())...)
+	return errors.Join(append(errs, c.Log.validate(), c.Edge.validate(), c.Worker.validate(), c.Tokens.validate(), c.Debug.validate())...)
 }
 
 func (c *FakeWXConfig) validate() error {
@@ -209,6 +258,9 @@ func (c *FakeWXConfig) validate() error {
 	}
 	if c.CAOut != "" && !c.TLS {
 		errs = append(errs, errors.New("FAKEWX_CA_OUT: set FAKEWX_TLS=true too"))
+	}
+	if len(c.TLSHosts) > 0 && !c.TLS {
+		errs = append(errs, errors.New("FAKEWX_TLS_HOSTS: set FAKEWX_TLS=true too"))
 	}
 	return errors.Join(append(errs, c.Log.validate())...)
 }
@@ -237,23 +289,39 @@ func (n *NATS) validate() error {
 	if n.Token != "" && n.TokenFile != "" {
 		errs = append(errs, errors.New("NATS_TOKEN and NATS_TOKEN_FILE: set one, not both"))
 	}
-	// The files are read again at every (re)connect, so that a rotated
-	// Kubernetes secret takes effect without a restart; reading them once
-	// here makes a wrong path stop the program at start instead.
+	errs = append(errs, placeholder("NATS_PASSWORD", string(n.Password)), placeholder("NATS_TOKEN", string(n.Token)))
+	for _, u := range strings.Split(n.URL, ",") {
+		if pu, err := url.Parse(strings.TrimSpace(u)); err == nil && pu.User != nil {
+			pw, _ := pu.User.Password()
+			errs = append(errs, placeholder("NATS_URL", pw))
+		}
+	}
+	if !validPrefix(n.SubjectPrefix) {
+		errs = append(errs, errors.New("NATS_SUBJECT_PREFIX: want NATS subject tokens without spaces or wildcards"))
+	}
+	return errors.Join(errs...)
+}
+
+// loadFiles reads the password and token files once, so that a wrong
+// mount or a placeholder stops the program at start with the variable's
+// name; natsconn reads them again at every (re)connect, so that a rotated
+// Kubernetes secret takes effect without a restart.
+func (n *NATS) loadFiles() error {
+	var errs []error
 	for _, f := range []struct{ name, path string }{{"NATS_PASSWORD_FILE", n.PasswordFile}, {"NATS_TOKEN_FILE", n.TokenFile}} {
 		if f.path == "" {
 			continue
 		}
 		b, err := os.ReadFile(f.path)
+		v := strings.TrimSpace(string(b))
 		switch {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("%s: %w", f.name, err))
-		case strings.TrimSpace(string(b)) == "":
+		case v == "":
 			errs = append(errs, fmt.Errorf("%s: %s is empty", f.name, f.path))
+		default:
+			errs = append(errs, placeholder(f.name, v))
 		}
-	}
-	if !validPrefix(n.SubjectPrefix) {
-		errs = append(errs, errors.New("NATS_SUBJECT_PREFIX: want NATS subject tokens without spaces or wildcards"))
 	}
 	return errors.Join(errs...)
 }
@@ -269,10 +337,25 @@ func (d *Debug) validate() error {
 	if d.DebugAddr == "" {
 		return nil
 	}
-	if _, _, err := net.SplitHostPort(d.DebugAddr); err != nil {
+	host, _, err := net.SplitHostPort(d.DebugAddr)
+	if err != nil {
 		return fmt.Errorf("DEBUG_ADDR: want [host]:port or empty, got %q", d.DebugAddr)
 	}
+	if !d.AllowRemote && !IsLoopback(host) {
+		return fmt.Errorf("DEBUG_ADDR: %s is not a loopback address (127.0.0.1:port, [::1]:port or localhost:port); set DEBUG_ALLOW_REMOTE=true to serve the profiler there anyway", d.DebugAddr)
+	}
 	return nil
+}
+
+// IsLoopback reports whether host (a name or an IP, without port) can
+// only be reached from this machine: localhost, 127.0.0.0/8 or ::1. An
+// empty host means every interface, so it is not.
+func IsLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
 }
 
 func (e *Edge) validate() error {
@@ -294,21 +377,29 @@ func (e *Edge) validate() error {
 	if e.ClientBurst < 0 {
 		errs = append(errs, errors.New("EDGE_CLIENT_BURST: must not be negative"))
 	}
+	if e.MaxConns < 1 {
+		errs = append(errs, errors.New("EDGE_MAX_CONNS: must be at least 1"))
+	}
+	if e.IdleTimeout <= 0 {
+		errs = append(errs, errors.New("EDGE_IDLE_TIMEOUT: must be positive"))
+	}
+	if e.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(e.MetricsAddr); err != nil {
+			errs = append(errs, fmt.Errorf("EDGE_METRICS_ADDR: want [host]:port or empty, got %q", e.MetricsAddr))
+		} else if e.MetricsAddr == e.Addr {
+			errs = append(errs, errors.New("EDGE_METRICS_ADDR: must differ from EDGE_ADDR (leave it empty to serve /metrics there)"))
+		}
+	}
 	return errors.Join(errs...)
 }
 
-func (w *Worker) validate(appsRequired bool) error {
-	var errs []error
-	if w.AppsFile != "" {
-		if err := w.Apps.addFile(w.AppsFile); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if appsRequired && len(w.Apps) == 0 {
-		errs = append(errs, errors.New("WX_APPS or WX_APPS_FILE: at least one appid:secret is required"))
-	}
+func (w *Worker) validate() error {
+	errs := []error{w.Apps.placeholders("WX_APPS")}
 	if u, err := url.Parse(w.APIBase); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		errs = append(errs, fmt.Errorf("WX_API_BASE: want an http(s) URL, got %q", w.APIBase))
+	} else if u.Scheme == "http" && !IsLoopback(u.Hostname()) {
+		// Every call carries the AppSecret in its query string.
+		errs = append(errs, fmt.Errorf("WX_API_BASE: plain http:// would send the AppSecret in clear; use https:// (http:// only to a loopback host), got %q", w.APIBase))
 	}
 	if w.HTTPTimeout <= 0 {
 		errs = append(errs, errors.New("WX_HTTP_TIMEOUT: must be positive"))
@@ -342,6 +433,26 @@ func (w *Worker) validate(appsRequired bool) error {
 			errs = append(errs, fmt.Errorf("WORKER_METRICS_ADDR: want [host]:port or empty, got %q", w.MetricsAddr))
 		}
 	}
+	return errors.Join(errs...)
+}
+
+// loadFiles reads WX_APPS_FILE and WX_CA_FILE. With appsRequired (a
+// worker; the all-in-one has its demo app) it is an error to end with no
+// app at all.
+func (w *Worker) loadFiles(appsRequired bool) error {
+	var errs []error
+	if w.AppsFile != "" {
+		// WX_APPS's own entries passed validate, so a placeholder
+		// found now came from the file.
+		if err := w.Apps.addFile(w.AppsFile); err != nil {
+			errs = append(errs, err)
+		} else if err := w.Apps.placeholders("WX_APPS_FILE"); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if appsRequired && len(w.Apps) == 0 {
+		errs = append(errs, errors.New("WX_APPS or WX_APPS_FILE: at least one appid:secret is required"))
+	}
 	if w.CAFile != "" {
 		roots, err := ReadRoots(w.CAFile)
 		if err != nil {
@@ -373,4 +484,30 @@ func WantsHelp(args []string) bool {
 		}
 	}
 	return false
+}
+
+// Prefixes is a comma-separated list of CIDRs, such as
+// EDGE_TRUSTED_PROXIES. A bare address counts as its own /32 or /128.
+type Prefixes []netip.Prefix
+
+// Decode parses the list; errors name the entry by position.
+func (p *Prefixes) Decode(value string) error {
+	var out Prefixes
+	for i, s := range strings.Split(value, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		pf, err := netip.ParsePrefix(s)
+		if err != nil {
+			return fmt.Errorf("entry %d: want a CIDR such as 10.0.0.0/8, got %q", i+1, s)
+		}
+		out = append(out, pf.Masked())
+	}
+	*p = out
+	return nil
 }

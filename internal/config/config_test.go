@@ -88,6 +88,9 @@ func TestEnvNamesMatchContract(t *testing.T) {
 		"DEBUG_ADDR",
 		// Login tokens (issue 16).
 		"WX_TOKEN_KEY_FILE", "WX_TOKEN_TTL", "WX_TOKEN_ISSUER",
+		// Safe defaults (issue 14).
+		"DEBUG_ALLOW_REMOTE", "EDGE_ALLOW_GET", "EDGE_MAX_CONNS", "EDGE_IDLE_TIMEOUT", "EDGE_METRICS_ADDR",
+		"EDGE_TRUSTED_PROXIES", "FAKEWX_TLS_HOSTS",
 	} {
 		if !names[want] {
 			t.Errorf("no config reads %s", want)

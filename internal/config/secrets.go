@@ -97,6 +97,33 @@ func (a *Apps) addFile(path string) error {
 	return nil
 }
 
+// PlaceholderPrefix starts every secret the shipped manifests and
+// example files leave for the operator to fill in.
+const PlaceholderPrefix = "CHANGE-ME"
+
+// placeholder refuses a secret still set to a shipped placeholder, so
+// that a stack started before its secrets were filled in stops at once
+// instead of running with a password printed in the repository. The
+// error names the variable, never the value.
+func placeholder(name, value string) error {
+	if strings.HasPrefix(strings.ToUpper(strings.TrimSpace(value)), PlaceholderPrefix) {
+		return fmt.Errorf("%s: still a %s… placeholder; set the real secret", name, PlaceholderPrefix)
+	}
+	return nil
+}
+
+// placeholders refuses any AppSecret that is still a placeholder, naming
+// its appid (not secret) and the variable it came from.
+func (a Apps) placeholders(name string) error {
+	var errs []error
+	for _, id := range a.IDs() {
+		if err := placeholder(name, string(a[id])); err != nil {
+			errs = append(errs, fmt.Errorf("appid %s: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // IDs returns the appids, sorted.
 func (a Apps) IDs() []string {
 	ids := make([]string, 0, len(a))

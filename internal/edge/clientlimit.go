@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"container/list"
 	"log/slog"
 	"math"
 	"net"
@@ -25,28 +26,24 @@ type ClientLimit struct {
 	// Burst is how many requests a client may send at once above Rate;
 	// 0 means one second's worth, at least 1 (EDGE_CLIENT_BURST).
 	Burst int
-	// TrustProxy takes the client from the first (leftmost) hop of
-	// X-Forwarded-For instead of the connection's peer (EDGE_TRUST_PROXY).
-	//
-	// Only set it behind a proxy that overwrites X-Forwarded-For with the
-	// address it saw. A proxy that appends to the header (nginx's
-	// $proxy_add_x_forwarded_for, most cloud load balancers) passes on
-	// whatever the client wrote first: a client can then name a new
-	// address with every request and is never limited, or name someone
-	// else's and get them limited. Without TrustProxy, behind any proxy,
-	// every user shares the proxy's bucket.
+	// TrustProxy takes the client from X-Forwarded-For instead of the
+	// connection's peer (EDGE_TRUST_PROXY): the right-most address of the
+	// chain (the header's hops, then the peer) that is not in
+	// TrustedProxies. A client can write any hops it likes at the left of
+	// the header, but not the ones its proxies append to the right, so
+	// only those are believed. A request straight from an untrusted peer
+	// is counted under the peer, whatever its header says.
 	TrustProxy bool
-	// MaxClients bounds the clients remembered per generation (see
-	// clientLimiter); 0 means DefaultMaxClients.
+	// TrustedProxies are the proxies' networks (EDGE_TRUSTED_PROXIES).
+	TrustedProxies []netip.Prefix
+	// MaxClients bounds the clients remembered (see clientLimiter); 0
+	// means DefaultMaxClients.
 	MaxClients int
 }
 
-// DefaultMaxClients bounds the per-client state to about 2×50,000
-// buckets, some 20 MB at worst.
-const DefaultMaxClients = 50_000
-
-// minGeneration is the shortest time a client's bucket is remembered.
-const minGeneration = 10 * time.Second
+// DefaultMaxClients bounds the per-client state to 100,000 buckets,
+// some 20 MB at worst.
+const DefaultMaxClients = 100_000
 
 // limitClients returns the middleware that enforces cl, or one that
 // changes nothing when cl is off. Over the limit, a client gets the
@@ -58,7 +55,7 @@ func limitClients(cl ClientLimit, logger *slog.Logger) func(http.Handler) http.H
 	lim := newClientLimiter(cl)
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			key := clientKey(r, cl.TrustProxy)
+			key := clientKey(r, cl.TrustProxy, cl.TrustedProxies)
 			wait, ok := lim.allow(key, time.Now())
 			if ok {
 				next.ServeHTTP(w, r)
@@ -75,28 +72,30 @@ func limitClients(cl ClientLimit, logger *slog.Logger) func(http.Handler) http.H
 	}
 }
 
-// clientLimiter holds one token bucket per client key, in bounded memory.
-//
-// Buckets live in two generations, as in fakewx: cur holds the clients
-// seen since genStart, prev those of the generation before. A client seen
-// again while in prev moves to cur; when a generation ends, prev is
-// dropped whole. A generation lasts at least the time an empty bucket
-// takes to fill up again, so a dropped bucket was full anyway and
-// forgetting it changes nothing for its client. A generation also ends
-// early when cur holds MaxClients: then clients may be forgotten with
-// part-spent buckets, which only happens while more than MaxClients
-// addresses are active at once, and keeps memory bounded all the same.
-// Nothing runs in the background, so there is nothing to stop.
+// clientLimiter holds one token bucket per client key, in bounded memory:
+// the buckets in least-recently-used order, at most max of them. A new
+// client past the bound evicts the one unseen for longest, one at a time,
+// so a flood of new addresses forgets the quietest clients rather than
+// handing every client a fresh bucket at once. A bucket unused for its
+// refill time is full again, so forgetting it changes nothing for its
+// client: such buckets are dropped as they are met at the old end, and
+// memory shrinks back after a flood. Nothing runs in the background, so
+// there is nothing to stop.
 type clientLimiter struct {
-	limit rate.Limit
-	burst int
-	gen   time.Duration
-	max   int
+	limit  rate.Limit
+	burst  int
+	refill time.Duration
+	max    int
 
-	mu       sync.Mutex
-	cur      map[netip.Prefix]*rate.Limiter
-	prev     map[netip.Prefix]*rate.Limiter
-	genStart time.Time
+	mu      sync.Mutex
+	clients map[netip.Prefix]*list.Element
+	lru     list.List // of *clientBucket, most recently used at the front
+}
+
+type clientBucket struct {
+	key  netip.Prefix
+	lim  *rate.Limiter
+	seen time.Time
 }
 
 func newClientLimiter(cl ClientLimit) *clientLimiter {
@@ -108,14 +107,12 @@ func newClientLimiter(cl ClientLimit) *clientLimiter {
 	if maxClients <= 0 {
 		maxClients = DefaultMaxClients
 	}
-	refill := time.Duration(float64(burst) / cl.Rate * float64(time.Second))
 	return &clientLimiter{
-		limit: rate.Limit(cl.Rate),
-		burst: burst,
-		gen:   max(refill, minGeneration),
-		max:   maxClients,
-		cur:   map[netip.Prefix]*rate.Limiter{},
-		prev:  map[netip.Prefix]*rate.Limiter{},
+		limit:   rate.Limit(cl.Rate),
+		burst:   burst,
+		refill:  time.Duration(float64(burst) / cl.Rate * float64(time.Second)),
+		max:     maxClients,
+		clients: map[netip.Prefix]*list.Element{},
 	}
 }
 
@@ -123,30 +120,30 @@ func newClientLimiter(cl ClientLimit) *clientLimiter {
 // one is free.
 func (c *clientLimiter) allow(key netip.Prefix, now time.Time) (time.Duration, bool) {
 	c.mu.Lock()
-	if age := now.Sub(c.genStart); age >= c.gen || len(c.cur) >= c.max {
-		if age >= 2*c.gen {
-			// Idle for a whole generation: cur's clients expired too.
-			c.prev = map[netip.Prefix]*rate.Limiter{}
-		} else {
-			c.prev = c.cur
+	// Drop up to two full buckets per call: the work stays constant and
+	// still outpaces the one bucket a call may add.
+	for range 2 {
+		old := c.lru.Back()
+		if old == nil || now.Sub(old.Value.(*clientBucket).seen) < c.refill {
+			break
 		}
-		// A new map rather than clear(): a flood's peak-sized buckets
-		// must not stay allocated for ever.
-		c.cur = map[netip.Prefix]*rate.Limiter{}
-		c.genStart = now
+		c.remove(old)
 	}
-	lim, ok := c.cur[key]
-	if !ok {
-		if lim, ok = c.prev[key]; ok {
-			delete(c.prev, key)
-		} else {
-			lim = rate.NewLimiter(c.limit, c.burst)
+	var b *clientBucket
+	if el, ok := c.clients[key]; ok {
+		c.lru.MoveToFront(el)
+		b = el.Value.(*clientBucket)
+	} else {
+		if len(c.clients) >= c.max {
+			c.remove(c.lru.Back())
 		}
-		c.cur[key] = lim
+		b = &clientBucket{key: key, lim: rate.NewLimiter(c.limit, c.burst)}
+		c.clients[key] = c.lru.PushFront(b)
 	}
+	b.seen = now
 	c.mu.Unlock()
 
-	r := lim.ReserveN(now, 1)
+	r := b.lim.ReserveN(now, 1)
 	if d := r.DelayFrom(now); d > 0 {
 		// Refused requests spend nothing: a client that keeps knocking
 		// is still served at its rate.
@@ -156,11 +153,16 @@ func (c *clientLimiter) allow(key netip.Prefix, now time.Time) (time.Duration, b
 	return 0, true
 }
 
+func (c *clientLimiter) remove(el *list.Element) {
+	delete(c.clients, el.Value.(*clientBucket).key)
+	c.lru.Remove(el)
+}
+
 // size is the number of clients remembered, for tests.
 func (c *clientLimiter) size() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.cur) + len(c.prev)
+	return len(c.clients)
 }
 
 // clientKey is the bucket a request counts against: the client's IPv4
@@ -169,41 +171,76 @@ func (c *clientLimiter) size() int {
 // A peer that cannot be parsed (not TCP) gets the zero key, one bucket
 // shared by all such requests: limiting them together is safer than not
 // limiting them at all.
-func clientKey(r *http.Request, trustProxy bool) netip.Prefix {
-	if trustProxy {
-		if a, ok := firstForwarded(r.Header.Values("X-Forwarded-For")); ok {
-			return keyOf(a)
-		}
-		// No usable header: the request did not come through the proxy
-		// (or the proxy sent none); the peer is the best we know.
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	a, err := netip.ParseAddr(host)
-	if err != nil {
+func clientKey(r *http.Request, trustProxy bool, trusted []netip.Prefix) netip.Prefix {
+	peer, ok := peerAddr(r.RemoteAddr)
+	if !ok {
 		return netip.Prefix{}
 	}
-	return keyOf(a)
+	if trustProxy {
+		return keyOf(forwardedClient(peer, r.Header.Values("X-Forwarded-For"), trusted))
+	}
+	return keyOf(peer)
 }
 
-// firstForwarded parses the first hop of X-Forwarded-For, the address the
-// first proxy saw: a bare IP, or an IP with a port as some proxies write
-// it ("1.2.3.4:5678", "[2001:db8::1]:5678").
-func firstForwarded(values []string) (netip.Addr, bool) {
-	if len(values) == 0 {
-		return netip.Addr{}, false
+func peerAddr(remote string) (netip.Addr, bool) {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
 	}
-	first, _, _ := strings.Cut(values[0], ",")
-	first = strings.TrimSpace(first)
-	if a, err := netip.ParseAddr(first); err == nil {
+	a, err := netip.ParseAddr(host)
+	return a, err == nil
+}
+
+// forwardedClient walks the chain from the peer leftwards through the
+// X-Forwarded-For hops (several headers read as one list, in order) and
+// returns the first address that is not a trusted proxy. When every hop
+// is trusted, the left-most is the client (a caller inside the trusted
+// networks). A hop that does not parse, met before the client is found,
+// means the chain cannot be read: the request counts under the peer, as
+// if there were no header.
+func forwardedClient(peer netip.Addr, values []string, trusted []netip.Prefix) netip.Addr {
+	if !isTrusted(peer, trusted) {
+		return peer
+	}
+	var hops []string
+	for _, v := range values {
+		hops = append(hops, strings.Split(v, ",")...)
+	}
+	client := peer
+	for i := len(hops) - 1; i >= 0; i-- {
+		a, ok := parseHop(hops[i])
+		if !ok {
+			return peer
+		}
+		client = a
+		if !isTrusted(a, trusted) {
+			break
+		}
+	}
+	return client
+}
+
+// parseHop parses one hop: a bare IP, or an IP with a port as some
+// proxies write it ("1.2.3.4:5678", "[2001:db8::1]:5678").
+func parseHop(hop string) (netip.Addr, bool) {
+	hop = strings.TrimSpace(hop)
+	if a, err := netip.ParseAddr(hop); err == nil {
 		return a, true
 	}
-	if ap, err := netip.ParseAddrPort(first); err == nil {
+	if ap, err := netip.ParseAddrPort(hop); err == nil {
 		return ap.Addr(), true
 	}
 	return netip.Addr{}, false
+}
+
+func isTrusted(a netip.Addr, trusted []netip.Prefix) bool {
+	a = a.Unmap().WithZone("")
+	for _, p := range trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 func keyOf(a netip.Addr) netip.Prefix {

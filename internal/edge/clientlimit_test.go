@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strconv"
 	"testing"
 	"time"
@@ -91,11 +92,17 @@ func TestClientLimitTrustProxy(t *testing.T) {
 	b.StartWorker(b.WorkerConfig())
 
 	t.Run("trusted", func(t *testing.T) {
-		base := startLimitedEdge(t, b, edge.ClientLimit{Rate: 0.5, Burst: 1, TrustProxy: true})
+		base := startLimitedEdge(t, b, edge.ClientLimit{Rate: 0.5, Burst: 1, TrustProxy: true,
+			TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.0.0.0/8")}})
 		if r := getWithXFF(t, base+"/v1/openid?code=xff-a-1", "198.51.100.1"); r.status != 200 {
 			t.Fatalf("client a: %d %s", r.status, r.raw)
 		}
 		if r := getWithXFF(t, base+"/v1/openid?code=xff-a-2", "198.51.100.1, 10.0.0.1"); r.status != 429 {
+			t.Fatalf("client a again: %d %s, want 429", r.status, r.raw)
+		}
+		// What a client writes left of the hop its proxy appended
+		// does not earn it a fresh bucket.
+		if r := getWithXFF(t, base+"/v1/openid?code=xff-a-3", "192.0.2.200, 198.51.100.1"); r.status != 429 {
 			t.Fatalf("client a again: %d %s, want 429", r.status, r.raw)
 		}
 		if r := getWithXFF(t, base+"/v1/openid?code=xff-b-1", "198.51.100.2"); r.status != 200 {

@@ -27,10 +27,31 @@ type Config struct {
 	MaxBody       int64
 	SubjectPrefix string
 	ClientLimit   ClientLimit // per-client limit on /v1/openid; off when zero
+	// RefuseGet refuses GET and HEAD on /v1/openid (405, Allow: POST), so
+	// that codes never travel in URLs, which access logs keep
+	// (EDGE_ALLOW_GET=false). A POST with a code in its query string is
+	// refused too (400).
+	RefuseGet bool
 	// Registry, when set, receives the edge's Prometheus metrics and is
-	// served on /metrics.
-	Registry *prometheus.Registry
+	// served on /metrics: on MetricsAddr when that is set, else on the
+	// public handler.
+	Registry    *prometheus.Registry
+	MetricsAddr string
+	// MaxConns caps the open client connections (EDGE_MAX_CONNS); 0 means
+	// DefaultMaxConns.
+	MaxConns int
+	// IdleTimeout closes keep-alive connections left unused
+	// (EDGE_IDLE_TIMEOUT); 0 means DefaultIdleTimeout.
+	IdleTimeout time.Duration
 }
+
+// The defaults of Config's zero values, as in internal/config.
+const (
+	DefaultMaxConns = 4096
+	// A mobile client's next login is minutes away, so a long idle
+	// connection only holds memory; 30s still covers a retry.
+	DefaultIdleTimeout = 30 * time.Second
+)
 
 // replySlack is kept back from the budget the worker is told, so its
 // answer, even a timeout, travels back before the edge gives up.
@@ -50,7 +71,9 @@ func NewServer(cfg Config, nc *nats.Conn, logger *slog.Logger, opts ...Option) h
 	if cfg.Registry != nil {
 		m = metrics.NewEdge(cfg.Registry)
 		metrics.NATS(cfg.Registry, "edge", nc)
-		mux.Handle("GET /metrics", metrics.Handler(cfg.Registry))
+		if cfg.MetricsAddr == "" {
+			mux.Handle("GET /metrics", metrics.Handler(cfg.Registry))
+		}
 	}
 	// Only /v1/openid is limited: probes come from the orchestrator's
 	// address and must never be refused.
@@ -62,7 +85,7 @@ func NewServer(cfg Config, nc *nats.Conn, logger *slog.Logger, opts ...Option) h
 		w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /readyz", handleReady(nc, o.workers))
-	return mux
+	return recoverPanics(mux, logger)
 }
 
 func handleOpenID(cfg Config, nc *nats.Conn, cw *connWatch, logger *slog.Logger, m *metrics.Edge) http.Handler {
@@ -73,7 +96,11 @@ func handleOpenID(cfg Config, nc *nats.Conn, cw *connWatch, logger *slog.Logger,
 		defer cancel()
 		r.Body = http.MaxBytesReader(w, r.Body, cfg.MaxBody)
 
-		req, e := parseRequest(r, cfg.MaxBody)
+		var req protocol.Request
+		e := refuseURLCode(r, cfg.RefuseGet)
+		if e == nil {
+			req, e = parseRequest(r, cfg.MaxBody)
+		}
 		var res protocol.Result
 		if e == nil {
 			res, e = ask(ctx, cancel, nc, cw, subject, req)
@@ -153,7 +180,11 @@ func writeError(w http.ResponseWriter, e *protocol.Error) {
 		w.Header().Set("Retry-After", strconv.Itoa(protocol.RetryAfterSeconds(e.RetryAfter)))
 	}
 	if e.Status == http.StatusMethodNotAllowed {
-		w.Header().Set("Allow", "GET, HEAD, POST")
+		allow := "GET, HEAD, POST"
+		if e == errGetRefused {
+			allow = "POST"
+		}
+		w.Header().Set("Allow", allow)
 	}
 	writeJSON(w, e.Status, e.Body())
 }

@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"golang.org/x/net/netutil"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/wxlogin/wxlogin/internal/config"
 	"github.com/wxlogin/wxlogin/internal/httpserver"
@@ -17,7 +20,8 @@ import (
 // Serve runs the edge on addr, asking workers through nc (which it owns
 // and closes), until ctx ends and the requests in flight are answered.
 // cmd/edge runs the edge through here, and package stack through
-// ServeListener. /metrics serves cfg.Registry (a new one when nil).
+// ServeListener. /metrics serves cfg.Registry (a new one when nil), on
+// cfg.MetricsAddr when set.
 func Serve(ctx context.Context, cfg Config, addr string, nc *nats.Conn, logger *slog.Logger) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -35,6 +39,13 @@ func ServeListener(ctx context.Context, cfg Config, ln net.Listener, nc *nats.Co
 	if cfg.Registry == nil {
 		cfg.Registry = metrics.NewRegistry()
 	}
+	maxConns, idle := cfg.MaxConns, cfg.IdleTimeout
+	if maxConns <= 0 {
+		maxConns = DefaultMaxConns
+	}
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
 	// /readyz follows the workers: the prober runs as long as the server,
 	// and stops before nc closes.
 	workers := NewWorkers(nc, cfg.SubjectPrefix, probe, logger)
@@ -42,14 +53,39 @@ func ServeListener(ctx context.Context, cfg Config, ln net.Listener, nc *nats.Co
 	probing := make(chan struct{})
 	go func() { defer close(probing); workers.Run(pctx) }()
 	defer func() { stopProbing(); <-probing }()
+
+	g, gctx := errgroup.WithContext(ctx)
+	if cfg.MetricsAddr != "" {
+		g.Go(func() error {
+			mux := http.NewServeMux()
+			mux.Handle("GET /metrics", metrics.Handler(cfg.Registry))
+			srv := httpserver.New(mux, 10*time.Second, logger)
+			return httpserver.Run(gctx, srv, cfg.MetricsAddr, time.Second, logger.With("server", "edge-metrics"))
+		})
+	}
 	srv := httpserver.New(NewServer(cfg, nc, logger, WithWorkers(workers)), cfg.Timeout+5*time.Second, logger)
-	return httpserver.Serve(ctx, srv, ln, cfg.Timeout+time.Second, logger.With("server", "edge"))
+	srv.IdleTimeout = idle
+	// Past the cap, Accept waits for a slot and new connections queue in
+	// the kernel's backlog, to be served as soon as one closes: each open
+	// connection costs memory, and a pod's limit must not be reached by
+	// holding many idle ones.
+	g.Go(func() error {
+		return httpserver.Serve(gctx, srv, netutil.LimitListener(ln, maxConns), cfg.Timeout+time.Second, logger.With("server", "edge"))
+	})
+	return g.Wait()
 }
 
 // ConfigFrom turns the environment's edge section into a Config.
 func ConfigFrom(cfg config.Edge, subjectPrefix string) Config {
 	return Config{
 		Timeout: cfg.Timeout, MaxBody: cfg.MaxBody, SubjectPrefix: subjectPrefix,
-		ClientLimit: ClientLimit{Rate: cfg.ClientRate, Burst: cfg.ClientBurst, TrustProxy: cfg.TrustProxy},
+		ClientLimit: ClientLimit{
+			Rate: cfg.ClientRate, Burst: cfg.ClientBurst,
+			TrustProxy: cfg.TrustProxy, TrustedProxies: cfg.TrustedProxies,
+		},
+		RefuseGet:   !cfg.AllowGet,
+		MetricsAddr: cfg.MetricsAddr,
+		MaxConns:    cfg.MaxConns,
+		IdleTimeout: cfg.IdleTimeout,
 	}
 }

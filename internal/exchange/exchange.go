@@ -54,6 +54,10 @@ type Config struct {
 	// Tokens, when set, mints a login token for every success and serves
 	// PREFIX.jwks and PREFIX.session (see LoadTokens).
 	Tokens *token.Issuer
+	// ProbesMayMove: the probes' address is the default, not the
+	// operator's, so a worker that finds it taken (another worker on the
+	// same host) serves them on a free port instead of exiting.
+	ProbesMayMove bool
 }
 
 // Worker exchanges codes. Its zero value is not usable; call New.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -34,6 +35,7 @@ func ConfigFrom(cfg config.Worker, subjectPrefix string) Config {
 		ResultTTL:      cfg.ResultTTL,
 		ClaimTTL:       cfg.ClaimTTL,
 		KVReplicas:     cfg.KVReplicas,
+		ProbesMayMove:  cfg.MetricsAddrIsDefault(),
 	}
 }
 
@@ -57,12 +59,21 @@ func Serve(ctx context.Context, cfg Config, apiBase, metricsAddr string, nc *nat
 		nc.Close()
 		return err
 	}
+	// The probes listen before the worker joins the pool, so that a
+	// taken address the operator chose stops it at start.
+	var probes net.Listener
+	if metricsAddr != "" {
+		if probes, err = httpserver.Listen(metricsAddr, cfg.ProbesMayMove, logger); err != nil {
+			nc.Close()
+			return fmt.Errorf("WORKER_METRICS_ADDR: %w", err)
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(gctx, nc, version.Version()) })
-	if metricsAddr != "" {
+	if probes != nil {
 		g.Go(func() error {
 			srv := httpserver.New(w.HealthHandler(), 10*time.Second, logger)
-			return httpserver.Run(gctx, srv, metricsAddr, time.Second, logger.With("server", "worker-probes"))
+			return httpserver.Serve(gctx, srv, probes, time.Second, logger.With("server", "worker-probes"))
 		})
 	}
 	return g.Wait()

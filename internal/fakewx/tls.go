@@ -32,9 +32,9 @@ type TLSCert struct {
 const tlsValidity = 30 * 24 * time.Hour
 
 // NewTLSCert generates a fresh ECDSA P-256 key and a self-signed
-// certificate for 127.0.0.1, ::1 and localhost. The key never leaves the
-// process.
-func NewTLSCert() (*TLSCert, error) {
+// certificate for 127.0.0.1, ::1, localhost and the extra host names
+// given (a Compose service name, say). The key never leaves the process.
+func NewTLSCert(hosts ...string) (*TLSCert, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("fakewx: generating a TLS key: %w", err)
@@ -54,7 +54,7 @@ func NewTLSCert() (*TLSCert, error) {
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  true, // its own root, so a client can put it in a CA bundle
-		DNSNames:              []string{"localhost"},
+		DNSNames:              append([]string{"localhost"}, hosts...),
 		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"syscall"
 	"time"
 )
 
@@ -52,6 +53,29 @@ func Run(ctx context.Context, srv *http.Server, addr string, grace time.Duration
 		return fmt.Errorf("listening on %s: %w", addr, err)
 	}
 	return Serve(ctx, srv, ln, grace, logger)
+}
+
+// Listen listens on addr. With mayMove, an address already in use (a
+// default port another process on the host holds, such as a second
+// worker) gives way to a free port on the same host, logged at warn so
+// the operator can find it; without, it is an error, since the operator
+// chose that address.
+func Listen(addr string, mayMove bool, logger *slog.Logger) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err == nil || !mayMove || !errors.Is(err, syscall.EADDRINUSE) {
+		if err != nil {
+			return nil, fmt.Errorf("listening on %s: %w", addr, err)
+		}
+		return ln, nil
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	ln, err2 := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err2 != nil {
+		return nil, fmt.Errorf("listening on %s: %w; on a free port instead: %w", addr, err, err2)
+	}
+	logger.Warn("default address in use (another process on this host?); listening on a free port instead",
+		"wanted", addr, "addr", ln.Addr().String())
+	return ln, nil
 }
 
 // Serve is Run on a listener the caller opened, for when the address must

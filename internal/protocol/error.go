@@ -27,13 +27,16 @@ const (
 	// missing, malformed, altered, expired, signed by a key that is not
 	// published, or not EdDSA. The client logs in again.
 	KindInvalidToken Kind = "invalid_token"
+	// KindInternal: a bug on our side (a recovered panic); the reply says
+	// nothing more, and the same code may be retried.
+	KindInternal Kind = "internal"
 )
 
 // Kinds lists every kind, for tests and metrics.
 var Kinds = []Kind{
 	KindBadRequest, KindUnknownApp, KindAppIDRequired, KindInvalidCode,
 	KindCodeUsed, KindUserBlocked, KindRateLimited, KindUpstream,
-	KindUnavailable, KindTimeout, KindInvalidToken,
+	KindUnavailable, KindTimeout, KindInvalidToken, KindInternal,
 }
 
 // Retry tells the mini-program what to do after an error.
@@ -62,6 +65,7 @@ var defaults = map[Kind]struct {
 	KindUnavailable:   {http.StatusServiceUnavailable, RetrySameCode},
 	KindTimeout:       {http.StatusGatewayTimeout, RetrySameCode},
 	KindInvalidToken:  {http.StatusUnauthorized, RetryNewCode},
+	KindInternal:      {http.StatusInternalServerError, RetrySameCode},
 }
 
 // Error is the one error type of wxlogin. Message, Kind, Retry, Status and

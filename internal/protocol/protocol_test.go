@@ -160,6 +160,7 @@ func TestNewKinds(t *testing.T) {
 		{protocol.KindUnavailable, "unavailable", 503, "same_code"},
 		{protocol.KindTimeout, "timeout", 504, "same_code"},
 		{protocol.KindInvalidToken, "invalid_token", 401, "new_code"},
+		{protocol.KindInternal, "internal", 500, "same_code"},
 	}
 	if len(protocol.Kinds) != len(want) {
 		t.Fatalf("Kinds has %d kinds, want %d", len(protocol.Kinds), len(want))
