@@ -141,7 +141,9 @@ func FuzzOpen(f *testing.F) {
 	f.Add([]byte{versionAEAD})
 	f.Add(good[:len(good)-1])
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if p, err := a.Open("b", "k", b); err == nil && !bytes.Equal(b, good) {
+		// Only what Seal made opens (the fuzzing workers' good has a
+		// nonce of its own, so compare what it holds).
+		if p, err := a.Open("b", "k", b); err == nil && (string(p) != "secret" || len(b) != len(good)) {
 			t.Fatalf("opened %x into %q", b, p)
 		}
 	})
