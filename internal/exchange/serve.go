@@ -34,6 +34,9 @@ func ConfigFrom(cfg config.Worker, subjectPrefix string) Config {
 		ResultTTL:      cfg.ResultTTL,
 		ClaimTTL:       cfg.ClaimTTL,
 		KVReplicas:     cfg.KVReplicas,
+		KVMaxBytes:     cfg.KVMaxBytes,
+		RateKVMaxBytes: cfg.RateKVMaxBytes,
+		StoreKey:       cfg.StoreKeySecret(),
 	}
 }
 
