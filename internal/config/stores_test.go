@@ -23,7 +23,7 @@ func TestWorkerStoreSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.StoreKeySecret() != nil || c.KVMaxBytes != 256<<20 || c.RateKVMaxBytes != 16<<20 || c.ResultTTL != 5*time.Minute {
+	if c.StoreKeySecret() != nil || c.KVMaxBytes != 64<<20 || c.RateKVMaxBytes != 8<<20 || c.ResultTTL != 5*time.Minute {
 		t.Errorf("defaults: key %v, answers %d bytes, rate %d bytes, TTL %v", c.StoreKeySecret() != nil, c.KVMaxBytes, c.RateKVMaxBytes, c.ResultTTL)
 	}
 	if c, err = load(map[string]string{"WX_STORE_KEY": storeKey, "WX_RESULT_TTL": "10s"}); err != nil || string(c.StoreKeySecret()) != storeKey || c.ResultTTL != 10*time.Second {

@@ -108,7 +108,7 @@ type Options struct {
 	ResultTTL time.Duration // how long answers are kept, in every layer
 	ClaimTTL  time.Duration // how long a claim blocks others if its worker dies; at least 1s
 	// Bucket is the KV bucket's name; Replicas its replica count; MaxBytes
-	// its byte limit (0: 256 MiB).
+	// its byte limit (0: 64 MiB).
 	Bucket   string
 	Replicas int
 	MaxBytes int64
@@ -173,7 +173,7 @@ func New(opts Options, logger *slog.Logger) *Store {
 		opts.Replicas = 1
 	}
 	if opts.MaxBytes <= 0 {
-		opts.MaxBytes = 256 << 20
+		opts.MaxBytes = 64 << 20
 	}
 	if opts.LocalMax <= 0 {
 		opts.LocalMax = 100_000

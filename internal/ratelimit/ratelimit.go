@@ -104,7 +104,7 @@ type Options struct {
 	MaxQueue time.Duration
 	Bucket   string // KV bucket name
 	Replicas int
-	MaxBytes int64 // the bucket's byte limit; 0: 16 MiB
+	MaxBytes int64 // the bucket's byte limit; 0: 8 MiB
 	// Keys are each appid's rate-limit MAC (seal.Keys.RateLimit), the same
 	// on every worker. An appid without one gets a key of this process's
 	// own: then no other worker can read its stored rate.
@@ -142,7 +142,7 @@ func New(opts Options, appids []string, logger *slog.Logger) *Limiter {
 		opts.Burst = max(1, int(math.Ceil(opts.Rate)))
 	}
 	if opts.MaxBytes <= 0 {
-		opts.MaxBytes = 16 << 20
+		opts.MaxBytes = 8 << 20
 	}
 	l := &Limiter{opts: opts, log: logger, apps: map[string]*app{}, rep: bucket.NewReporter(opts.Bucket, logger, opts.Metrics)}
 	if opts.Rate > 0 {
