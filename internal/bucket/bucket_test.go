@@ -71,3 +71,56 @@ func TestOpenWithKeyTTLsDropsMarkers(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A bucket an older version made without a byte limit gets one; one that
+// has a limit keeps it. A full bucket's refusal reads as Full.
+func TestOpenBoundsBuckets(t *testing.T) {
+	ns := natstest.Start(t, false)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	maxBytes := func(name string) int64 {
+		st, err := js.Stream(ctx, "KV_"+name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.CachedInfo().Config.MaxBytes
+	}
+	cfg := jetstream.KeyValueConfig{Bucket: "unbounded", Storage: jetstream.MemoryStorage}
+	if _, err := Open(ctx, nc, cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxBytes = 4096
+	kv, err := Open(ctx, nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := maxBytes("unbounded"); got != 4096 {
+		t.Fatalf("an unbounded bucket reopened with a limit has max_bytes %d, want 4096", got)
+	}
+	cfg.MaxBytes = 1 << 20
+	if _, err := Open(ctx, nc, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := maxBytes("unbounded"); got != 4096 {
+		t.Errorf("a bounded bucket's limit changed to %d: the first worker's settings win", got)
+	}
+	var full error
+	for i := 0; full == nil && i < 100; i++ {
+		_, full = kv.Put(ctx, "k"+string(rune('a'+i%26))+string(rune('a'+i/26)), make([]byte, 512))
+	}
+	if !Full(full) {
+		t.Errorf("a full bucket's refusal %v does not read as Full", full)
+	}
+	if Full(jetstream.ErrKeyExists) || Full(nil) {
+		t.Error("other errors read as Full")
+	}
+}

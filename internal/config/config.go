@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
+
+	"github.com/wxlogin/wxlogin/internal/seal"
 )
 
 // NATS is how edge and worker reach NATS.
@@ -90,21 +92,33 @@ type Worker struct {
 	Concurrency    int           `envconfig:"WORKER_CONCURRENCY" default:"1024" desc:"exchanges in flight per worker"`
 	RequestTimeout time.Duration `envconfig:"WORKER_REQUEST_TIMEOUT" default:"5s" desc:"budget of a NATS request that carries no Wxlogin-Timeout-Ms header"`
 	MetricsAddr    string        `envconfig:"WORKER_METRICS_ADDR" default:":9091" desc:"address of /healthz and /readyz; empty disables"`
-	ResultTTL      time.Duration `envconfig:"WX_RESULT_TTL" default:"5m" desc:"how long an exchange's answer is kept for retries and duplicates"`
+	ResultTTL      time.Duration `envconfig:"WX_RESULT_TTL" default:"5m" desc:"how long an exchange's answer is kept for retries and duplicates (min 10s); a leaked code can be replayed for the same openid this long"`
 	ClaimTTL       time.Duration `envconfig:"WX_CLAIM_TTL" default:"3s" desc:"how long a worker's claim on a code outlives the worker (min 1s)"`
 	KVReplicas     int           `envconfig:"WORKER_KV_REPLICAS" default:"1" desc:"replicas of the JetStream answers bucket (3 on a 3-node cluster)"`
+	KVMaxBytes     int64         `envconfig:"WORKER_KV_MAX_BYTES" default:"67108864" desc:"byte limit of the JetStream answers bucket (64 MiB holds about 380,000 answers, 5 minutes of 1,200 logins/s); JetStream reserves it from the account's memory store; when full, logins are still answered but not de-duplicated across workers"`
+	RateKVMaxBytes int64         `envconfig:"WORKER_RATE_KV_MAX_BYTES" default:"8388608" desc:"byte limit of the JetStream rate-limit bucket (8 MiB), apart from the answers so that they cannot starve it"`
+	StoreKey       Secret        `envconfig:"WX_STORE_KEY" desc:"secret (at least 32 bytes) the workers derive the keys of their stored values from; empty: each app's AppSecret; the same on every worker"`
+	StoreKeyFile   string        `envconfig:"WX_STORE_KEY_FILE" desc:"file holding WX_STORE_KEY (mounted secrets)"`
 	CAFile         string        `envconfig:"WX_CA_FILE" desc:"PEM bundle of the CA certificates to trust for WX_API_BASE instead of the system's (intercepting egress proxy, private gateway); empty: the system's"`
 
 	// roots holds WX_CA_FILE's certificates, read once by loadFiles.
 	roots *x509.CertPool
 	// metricsAddrSet: WORKER_METRICS_ADDR was set, not defaulted.
 	metricsAddrSet bool
+	// storeKey is WX_STORE_KEY or WX_STORE_KEY_FILE's content, set when
+	// the files are loaded.
+	storeKey []byte
 }
 
 // MetricsAddrIsDefault reports whether WORKER_METRICS_ADDR was left unset:
 // then, several workers on one host sharing the default port, a worker
 // that finds it taken may listen on another.
 func (w *Worker) MetricsAddrIsDefault() bool { return !w.metricsAddrSet }
+
+// StoreKeySecret returns WX_STORE_KEY, or the content of
+// WX_STORE_KEY_FILE, as read when the configuration was loaded; nil when
+// neither is set (then each app's keys come from its AppSecret).
+func (w *Worker) StoreKeySecret() []byte { return w.storeKey }
 
 // RootCAs returns the certificates of WX_CA_FILE, read when the
 // configuration was loaded, or nil when it is empty: then the system's
@@ -419,14 +433,20 @@ func (w *Worker) validate() error {
 	if w.RequestTimeout <= 0 {
 		errs = append(errs, errors.New("WORKER_REQUEST_TIMEOUT: must be positive"))
 	}
-	if w.ResultTTL < time.Minute {
-		errs = append(errs, errors.New("WX_RESULT_TTL: must be at least 1m (codes live 5m)"))
+	if w.ResultTTL < 10*time.Second {
+		errs = append(errs, errors.New("WX_RESULT_TTL: must be at least 10s"))
 	}
 	if w.ClaimTTL < time.Second {
 		errs = append(errs, errors.New("WX_CLAIM_TTL: must be at least 1s"))
 	}
 	if w.KVReplicas < 1 || w.KVReplicas > 5 {
 		errs = append(errs, errors.New("WORKER_KV_REPLICAS: must be 1 to 5"))
+	}
+	if w.KVMaxBytes < minKVBytes {
+		errs = append(errs, fmt.Errorf("WORKER_KV_MAX_BYTES: must be at least %d", minKVBytes))
+	}
+	if w.RateKVMaxBytes < minKVBytes {
+		errs = append(errs, fmt.Errorf("WORKER_RATE_KV_MAX_BYTES: must be at least %d", minKVBytes))
 	}
 	if w.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(w.MetricsAddr); err != nil {
@@ -453,6 +473,7 @@ func (w *Worker) loadFiles(appsRequired bool) error {
 	if appsRequired && len(w.Apps) == 0 {
 		errs = append(errs, errors.New("WX_APPS or WX_APPS_FILE: at least one appid:secret is required"))
 	}
+	errs = append(errs, w.readStoreKey())
 	if w.CAFile != "" {
 		roots, err := ReadRoots(w.CAFile)
 		if err != nil {
@@ -461,6 +482,38 @@ func (w *Worker) loadFiles(appsRequired bool) error {
 		w.roots = roots
 	}
 	return errors.Join(errs...)
+}
+
+// minKVBytes is the least byte limit of a bucket: room for a few
+// thousand records, below which a bucket would be full at once.
+const minKVBytes = 1 << 20
+
+// readStoreKey sets storeKey from WX_STORE_KEY or WX_STORE_KEY_FILE.
+func (w *Worker) readStoreKey() error {
+	w.storeKey = nil
+	key := []byte(w.StoreKey)
+	switch {
+	case w.StoreKey != "" && w.StoreKeyFile != "":
+		return errors.New("WX_STORE_KEY and WX_STORE_KEY_FILE: set one, not both")
+	case w.StoreKeyFile != "":
+		b, err := os.ReadFile(w.StoreKeyFile)
+		if err != nil {
+			return fmt.Errorf("WX_STORE_KEY_FILE: %w", err)
+		}
+		key = []byte(strings.TrimSpace(string(b)))
+	}
+	if len(key) == 0 {
+		return nil
+	}
+	if err := placeholder("WX_STORE_KEY", string(key)); err != nil {
+		return err
+	}
+	if len(key) < seal.MinStoreKey {
+		// The length only: never the value.
+		return fmt.Errorf("WX_STORE_KEY: want at least %d bytes, got %d", seal.MinStoreKey, len(key))
+	}
+	w.storeKey = key
+	return nil
 }
 
 func validPrefix(p string) bool {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/wxlogin/wxlogin/internal/protocol"
+	"github.com/wxlogin/wxlogin/internal/seal"
 )
 
 // BenchmarkGCWithFullCache is one garbage collection of a process whose
@@ -20,11 +21,11 @@ func BenchmarkGCWithFullCache(b *testing.B) {
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	c := newCache(time.Hour, 2*n)
-	k := NewKeyer("secret", "wxapp")
+	k := NewKeyer("secret", "wxapp", seal.NewMAC([]byte("k")))
 	for i := range n {
 		s := strconv.Itoa(i)
 		a := answer{Result: protocol.Result{OpenID: "oc7iHOjffdgFwpp_Ss17I5T" + s, UnionID: "uSGoVuFtSp09hrQj9-uLCn5" + s}}
-		c.put(k.Key(s), a.encode())
+		c.put(k.Key(s).Name, a.encode(), time.Now().Add(time.Hour))
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
@@ -40,14 +41,14 @@ func BenchmarkGCWithFullCache(b *testing.B) {
 // goroutines at once.
 func BenchmarkCachePutGet(b *testing.B) {
 	c := newCache(time.Hour, 100_000)
-	k := NewKeyer("secret", "wxapp")
+	k := NewKeyer("secret", "wxapp", seal.NewMAC([]byte("k")))
 	v := answer{Result: protocol.Result{OpenID: "oc7iHOjffdgFwpp_Ss17I5TUYXtW", UnionID: "uSGoVuFtSp09hrQj9-uLCn5dw-bB"}}.encode()
 	var n atomic.Int64
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			key := k.Key(strconv.FormatInt(n.Add(1), 10))
+			key := k.Key(strconv.FormatInt(n.Add(1), 10)).Name
 			if _, ok := c.get(key); !ok {
-				c.put(key, v)
+				c.put(key, v, time.Now().Add(time.Hour))
 			}
 		}
 	})

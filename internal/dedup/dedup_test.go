@@ -4,9 +4,11 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/wxlogin/wxlogin/internal/protocol"
+	"github.com/wxlogin/wxlogin/internal/seal"
 )
 
 func TestKeyIsKeyedAndHidesTheCode(t *testing.T) {
@@ -60,28 +62,43 @@ func TestFinalAnswersOnly(t *testing.T) {
 func TestCacheBoundsAndExpiry(t *testing.T) {
 	c := newCache(time.Hour, 10)
 	for i := range 100 {
-		c.put(string(rune('a'+i%26))+string(rune(i)), answer{}.encode())
+		c.put(string(rune('a'+i%26))+string(rune(i)), answer{}.encode(), time.Now().Add(time.Hour))
 	}
 	if n := len(c.cur.places) + len(c.prev.places); n > 10 {
 		t.Errorf("cache holds %d entries, max 10", n)
 	}
 	v := answer{Result: protocol.Result{OpenID: "o"}}.encode()
 	for range 10_000 { // one key again and again: its old copies must not pile up
-		c.put("same", v)
+		c.put("same", v, time.Now().Add(time.Hour))
 	}
 	if n := c.cur.size + c.prev.size; n > 10*maxAnswerBytes {
 		t.Errorf("cache holds %d bytes for max 10 answers", n)
 	}
-	c = newCache(time.Minute, 100)
-	c.put("k", answer{Result: protocol.Result{OpenID: "o"}}.encode())
-	c.since = c.since.Add(-61 * time.Second) // one generation later: still there
-	if _, ok := c.get("k"); !ok {
-		t.Error("forgotten after one TTL; answers must live at least a TTL")
-	}
-	c.since = c.since.Add(-61 * time.Second) // two generations: gone
-	if _, ok := c.get("k"); ok {
-		t.Error("kept past two TTLs")
-	}
+}
+
+// An answer is given from the cache until its expiry, and not after:
+// however the generations turn, no layer keeps it past WX_RESULT_TTL.
+func TestCacheKeepsAnswersNoLongerThanTheirTTL(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ttl = 10 * time.Second
+		c := newCache(ttl, 100)
+		time.Sleep(ttl / 2) // a generation half way through its life
+		c.put("k", answer{Result: protocol.Result{OpenID: "o"}}.encode(), time.Now().Add(ttl))
+		time.Sleep(ttl - time.Millisecond)
+		if _, ok := c.get("k"); !ok {
+			t.Fatal("forgotten before its TTL")
+		}
+		time.Sleep(time.Millisecond)
+		if _, ok := c.get("k"); ok {
+			t.Fatal("given after its TTL")
+		}
+		// An answer read from the store expires when the stored one does.
+		c.put("s", answer{Result: protocol.Result{OpenID: "o"}}.encode(), time.Now().Add(time.Second))
+		time.Sleep(time.Second)
+		if _, ok := c.get("s"); ok {
+			t.Fatal("a stored answer outlived the store's copy in the cache")
+		}
+	})
 }
 
 // The cache gives back what was put, for every key shape and answer kind,
@@ -98,7 +115,7 @@ func TestCacheKeepsAnswers(t *testing.T) {
 	}
 	c := newCache(time.Minute, 6) // 3 per generation: the first answers move to prev
 	for i, k := range keys {
-		c.put(k, answers[i].encode())
+		c.put(k, answers[i].encode(), time.Now().Add(time.Hour))
 	}
 	for i, k := range keys {
 		got, ok := c.get(k)
@@ -153,25 +170,10 @@ type errString string
 
 func (e errString) Error() string { return string(e) }
 
-func TestAckSequence(t *testing.T) {
-	for ack, want := range map[string]uint64{
-		`{"stream":"KV_wxlogin_results","seq":42}`:                                       42,
-		`{"stream":"KV_x","domain":"d","seq":7,"duplicate":false}`:                       7,
-		`{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 5"}}`: 0,
-		`{"stream":"KV_x","seq":0}`:                                                      0,
-		`garbage`:                                                                        0,
-	} {
-		got, ok := ackSequence([]byte(ack))
-		if got != want || ok != (want > 0) {
-			t.Errorf("%s: got %d %v, want %d", ack, got, ok, want)
-		}
-	}
-}
-
 func TestKeyerMatchesKey(t *testing.T) {
-	k := NewKeyer("secret", "wxapp")
+	k := NewKeyer("secret", "wxapp", seal.NewMAC([]byte("k")))
 	for _, code := range []string{"a", "0712cDoV0cfty22AeloV0daMoV02cDog", "0712cDoV0cfty22AeloV0daMoV02cDog", "other"} {
-		if got, want := k.Key(code), Key("secret", "wxapp", code); got != want {
+		if got, want := k.Key(code).Name, Key("secret", "wxapp", code); got != want {
 			t.Fatalf("Keyer.Key(%q) = %s, Key = %s", code, got, want)
 		}
 	}

@@ -2,8 +2,6 @@ package dedup
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"strconv"
 	"testing"
 	"time"
@@ -12,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxlogin/wxlogin/internal/dev/natstest"
+	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 )
 
@@ -26,13 +25,13 @@ func TestExpiredAnswersLeaveNoMarkers(t *testing.T) {
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	s := New(Options{ResultTTL: time.Second, ClaimTTL: time.Second, Bucket: "expiry"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s := New(Options{ResultTTL: time.Second, ClaimTTL: time.Second, Bucket: "expiry"}, logging.Discard())
 	if err := s.Bind(ctx, nc); err != nil {
 		t.Fatal(err)
 	}
 	const codes = 3
 	for i := range codes {
-		lead, _, e, src := s.Begin(ctx, "k"+strconv.Itoa(i))
+		lead, _, e, src := s.Begin(ctx, testRef("k"+strconv.Itoa(i)))
 		if lead == nil {
 			t.Fatalf("exchange %d: answered without running (%v from %s)", i, e, src)
 		}

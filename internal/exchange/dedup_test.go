@@ -20,6 +20,7 @@ import (
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
 	"github.com/wxlogin/wxlogin/internal/protocol"
+	"github.com/wxlogin/wxlogin/internal/seal"
 )
 
 // sharedWorkers starts n workers on a JetStream server and waits until
@@ -182,7 +183,13 @@ func TestDeadClaimExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := dedup.Key(testbed.App.Secret, testbed.App.AppID, code)
-	if _, err := kv.Create(context.Background(), key, []byte(`{"claim":true}`), jetstream.KeyTTL(time.Second)); err != nil {
+	// A claim as a worker makes it, MAC'd: one without is not waited for.
+	keys, err := seal.Derive(nil, testbed.App.AppID, testbed.App.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim := keys.Answers.Sign(dedup.BucketName("wxlogin"), key, []byte(`{"claim":true}`))
+	if _, err := kv.Create(context.Background(), key, claim, jetstream.KeyTTL(time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()

@@ -22,6 +22,7 @@ import (
 	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 	"github.com/wxlogin/wxlogin/internal/ratelimit"
+	"github.com/wxlogin/wxlogin/internal/seal"
 	"github.com/wxlogin/wxlogin/internal/token"
 	"github.com/wxlogin/wxlogin/internal/wechat"
 )
@@ -45,6 +46,13 @@ type Config struct {
 	ResultTTL  time.Duration
 	ClaimTTL   time.Duration
 	KVReplicas int
+	// KVMaxBytes and RateKVMaxBytes limit the answers and the rate-limit
+	// buckets; 0 takes the packages' defaults.
+	KVMaxBytes     int64
+	RateKVMaxBytes int64
+	// StoreKey is WX_STORE_KEY: what the keys of stored values derive
+	// from (package seal); nil derives them from each AppSecret.
+	StoreKey []byte
 	// NoDedup turns de-duplication off entirely: for benchmarks that
 	// measure its cost, never for production.
 	NoDedup bool
@@ -98,15 +106,27 @@ func New(cfg Config, upstream *wechat.Client, logger *slog.Logger) (*Worker, err
 		stats: newStats(),
 	}
 	appids := make([]string, 0, len(cfg.Apps))
-	for appid := range cfg.Apps {
+	seals := make(map[string]seal.Keys, len(cfg.Apps))
+	rateKeys := make(map[string]*seal.MAC, len(cfg.Apps))
+	for appid, secret := range cfg.Apps {
 		appids = append(appids, appid)
 		if len(cfg.Apps) == 1 {
 			w.onlyApp = appid
 		}
+		ks, err := seal.Derive(cfg.StoreKey, appid, secret)
+		if err != nil {
+			return nil, fmt.Errorf("exchange: keys of app %s: %w", appid, err)
+		}
+		seals[appid], rateKeys[appid] = ks, ks.RateLimit
+	}
+	var stores *metrics.Stores
+	if cfg.Registry != nil {
+		stores = metrics.NewStores(cfg.Registry)
 	}
 	w.limit = ratelimit.New(ratelimit.Options{
 		Rate: cfg.Rate, Burst: cfg.Burst, MinAttempt: minAttempt,
 		Bucket: ratelimit.BucketName(cfg.SubjectPrefix), Replicas: cfg.KVReplicas,
+		MaxBytes: cfg.RateKVMaxBytes, Keys: rateKeys, Metrics: stores,
 	}, appids, logger)
 	if cfg.Registry != nil {
 		var rates func() map[string]float64
@@ -122,10 +142,11 @@ func New(cfg Config, upstream *wechat.Client, logger *slog.Logger) (*Worker, err
 		w.dedup = dedup.New(dedup.Options{
 			ResultTTL: cfg.ResultTTL, ClaimTTL: cfg.ClaimTTL,
 			Bucket: dedup.BucketName(cfg.SubjectPrefix), Replicas: cfg.KVReplicas,
+			MaxBytes: cfg.KVMaxBytes, Metrics: stores,
 		}, logger)
 		w.keys = make(map[string]*dedup.Keyer, len(cfg.Apps))
 		for appid, secret := range cfg.Apps {
-			w.keys[appid] = dedup.NewKeyer(secret, appid)
+			w.keys[appid] = dedup.NewKeyer(secret, appid, seals[appid].Answers)
 		}
 	}
 	w.intake.init(cfg.Concurrency)

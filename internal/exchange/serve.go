@@ -36,6 +36,9 @@ func ConfigFrom(cfg config.Worker, subjectPrefix string) Config {
 		ClaimTTL:       cfg.ClaimTTL,
 		KVReplicas:     cfg.KVReplicas,
 		ProbesMayMove:  cfg.MetricsAddrIsDefault(),
+		KVMaxBytes:     cfg.KVMaxBytes,
+		RateKVMaxBytes: cfg.RateKVMaxBytes,
+		StoreKey:       cfg.StoreKeySecret(),
 	}
 }
 

@@ -259,3 +259,42 @@ func NATS(reg prometheus.Registerer, component string, nc *nats.Conn) {
 		}, func() float64 { return float64(nc.Stats().Reconnects) }),
 	)
 }
+
+// Stores counts what the workers' key-value buckets refused them: values
+// read back that failed their check (forged, moved, written under old
+// keys, unparsable or out of range), and records not stored (a full or
+// unreachable bucket). The bucket label takes the configured buckets'
+// names only. Its methods do nothing on a nil Stores.
+type Stores struct {
+	rejected, unstored *prometheus.CounterVec
+}
+
+// NewStores registers the stores' metrics on reg.
+func NewStores(reg prometheus.Registerer) *Stores {
+	s := &Stores{
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxlogin_store_rejected_total",
+			Help: "Values read from a key-value bucket that failed their authenticity check, did not parse or were out of range, and were treated as absent.",
+		}, []string{"bucket"}),
+		unstored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxlogin_store_unstored_total",
+			Help: "Records a worker could not write to a key-value bucket (full or unreachable); the login was served without them.",
+		}, []string{"bucket"}),
+	}
+	reg.MustRegister(s.rejected, s.unstored)
+	return s
+}
+
+// Rejected counts a value of bucket treated as absent.
+func (s *Stores) Rejected(bucket string) {
+	if s != nil {
+		s.rejected.WithLabelValues(bucket).Inc()
+	}
+}
+
+// Unstored counts a record bucket did not take.
+func (s *Stores) Unstored(bucket string) {
+	if s != nil {
+		s.unstored.WithLabelValues(bucket).Inc()
+	}
+}

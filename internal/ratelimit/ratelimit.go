@@ -1,34 +1,86 @@
 // Package ratelimit keeps the calls the whole worker pool makes to WeChat
-// at or under WX_RATE per appid, however many workers run.
+// at or under WX_RATE per appid, however many workers run: in any
+// one-second window the calls that reach WeChat for an appid stay at or
+// under WX_RATE + WX_BURST, with one worker or with eight, while workers
+// join, leave and crash.
 //
-// Time is cut into blocks (Block long). Each block of each appid carries
-// about Rate×Block call slots, evenly spaced. A worker that needs a slot
-// claims the next free block with a JetStream key-value Create, which
-// succeeds for exactly one worker, and then spends that block's slots only
-// at their times. Every slot of the pool therefore has exactly one owner
-// and one time, so any one-second window holds at most Rate plus one
-// block's slots (Block is sized so that this is at most WX_BURST).
+// # How
 //
-// There is no leader to elect or lose. Idle workers claim nothing, so a
-// busy worker may use the pool's whole rate. A worker that dies loses only
-// the blocks it had claimed ahead, at most MaxQueue worth. The adaptive
-// rate (halved on 45011 or a run of -1, raised by a tenth of Rate a second
-// when answers are healthy again) lives in the same bucket, so the whole
-// pool backs off together.
+// Time is cut into blocks (at most 200ms, and never holding more than
+// WX_BURST slots). Each block of each appid carries Rate×block call
+// slots, evenly spaced. A worker that needs a slot claims the next free
+// block with a key-value Create in the JetStream bucket
+// <NATS_SUBJECT_PREFIX>_ratelimit, which succeeds for exactly one worker,
+// and then spends that block's slots only at their times. Every slot of
+// the pool therefore has exactly one owner and one time, so any one-second
+// window holds at most Rate plus one block's slots. One exchange per
+// appid and worker claims at a time, without holding the app's lock over
+// the round trips; the others wait for its blocks.
 //
-// When the bucket cannot be reached (no JetStream, or a store outage), each
-// worker falls back to a local limiter at the effective rate divided by
-// the last known number of workers, and says so in the log.
+// # Why this design
+//
+// There is no leader to elect or lose, and nobody hands out shares. Idle
+// workers claim nothing, so a busy worker may use the pool's whole rate.
+// A worker that dies loses only the blocks it had claimed ahead, at most
+// MaxQueue worth (2s by default), so the others are back at the full rate
+// within about that long.
+//
+// A request waits for a slot only as long as its deadline allows and
+// never more than MaxQueue; otherwise it fails at once with rate_limited
+// and the wait a retry faces. Each appid has its own blocks, so one app's
+// flood does not spend another's slots.
+//
+// # Adaptive rate
+//
+// A 45011 (frequency limit), or three -1 (busy) answers in a row, halves
+// the pool's effective rate, at most once a second and never below 5% of
+// Rate. After 2s without pushback the rate climbs back by a tenth of Rate
+// per second. The effective rate is stored in the same bucket, so the
+// whole pool backs off together; each change is logged as "pool rate
+// changed". The rule is one function (nextRate), used pool-wide and in the
+// fallback alike.
+//
+// # What is trusted
+//
+// The stored effective rate is MAC'd with the app's rate-limit key
+// (package seal), bound to the bucket and key, and checked on read. A
+// value that fails the check, does not parse or is out of range (a rate
+// outside [floor, Rate], a time more than maxSkew ahead) is treated as
+// absent, that is as the full rate, counted in
+// wxlogin_store_rejected_total and logged at most once a minute; the next
+// change overwrites it. Slot counts are bounded by the configured rate,
+// whatever the bucket holds. Someone who can write the bucket can still
+// take blocks (their existence, not their content, is the claim) and so
+// slow logins down for as long as they keep writing; they can no longer
+// stop them for good or crash a worker.
+//
+// # Failure modes
+//
+//   - When the bucket cannot be reached (no JetStream, a store outage) or
+//     is full (WORKER_RATE_KV_MAX_BYTES, apart from the answers' limit so
+//     that answers cannot starve it), each worker falls back to a local
+//     limiter at the effective rate divided by the last known number of
+//     workers; the refused records are counted in
+//     wxlogin_store_unstored_total and logged at most once a minute. While
+//     workers join, their counts lag, and the pool may briefly exceed the
+//     rate in this fallback, never in shared mode.
+//   - A worker binds the bucket in the background after it starts
+//     serving, so its first calls may go through the local limiter, which
+//     the pool's schedule does not count: at most WX_BURST plus WX_RATE per
+//     second it took to bind.
+//   - Slot times come from each worker's clock, so clock skew between
+//     hosts eats into WX_BURST.
 package ratelimit
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,8 +90,9 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/wxlogin/wxlogin/internal/bucket"
-	"github.com/wxlogin/wxlogin/internal/logging"
+	"github.com/wxlogin/wxlogin/internal/metrics"
 	"github.com/wxlogin/wxlogin/internal/protocol"
+	"github.com/wxlogin/wxlogin/internal/seal"
 )
 
 // Options configure a Limiter.
@@ -51,6 +104,13 @@ type Options struct {
 	MaxQueue time.Duration
 	Bucket   string // KV bucket name
 	Replicas int
+	MaxBytes int64 // the bucket's byte limit; 0: 8 MiB
+	// Keys are each appid's rate-limit MAC (seal.Keys.RateLimit), the same
+	// on every worker. An appid without one gets a key of this process's
+	// own: then no other worker can read its stored rate.
+	Keys map[string]*seal.MAC
+	// Metrics counts rejected and unstored records; nil counts nothing.
+	Metrics *metrics.Stores
 	// MinAttempt is the least time worth starting an upstream call with:
 	// a slot later than the deadline minus this is refused.
 	MinAttempt time.Duration
@@ -65,8 +125,8 @@ type Limiter struct {
 
 	kv    atomic.Pointer[jetstream.KeyValue]
 	peers atomic.Int64 // last known number of workers, ≥ 1
+	rep   *bucket.Reporter
 
-	warn   logging.Throttle
 	missed atomic.Int64 // slots let go because the caller woke too late
 }
 
@@ -81,7 +141,10 @@ func New(opts Options, appids []string, logger *slog.Logger) *Limiter {
 	if opts.Burst <= 0 {
 		opts.Burst = max(1, int(math.Ceil(opts.Rate)))
 	}
-	l := &Limiter{opts: opts, log: logger, apps: map[string]*app{}, warn: logging.Throttle{Every: 10 * time.Second}}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = 8 << 20
+	}
+	l := &Limiter{opts: opts, log: logger, apps: map[string]*app{}, rep: bucket.NewReporter(opts.Bucket, logger, opts.Metrics)}
 	if opts.Rate > 0 {
 		// A block holds at most Burst slots, so the pool never exceeds
 		// Rate+Burst in a window; it is at most 200ms so that a dead
@@ -91,8 +154,15 @@ func New(opts Options, appids []string, logger *slog.Logger) *Limiter {
 	}
 	l.peers.Store(1)
 	for _, id := range appids {
+		mac := opts.Keys[id]
+		if mac == nil {
+			var k [32]byte
+			rand.Read(k[:])
+			mac = seal.NewMAC(k[:])
+		}
 		l.apps[id] = &app{
 			id:    id,
+			mac:   mac,
 			keyID: hex.EncodeToString([]byte(id)),
 			eff:   opts.Rate,
 			burst: opts.Burst,
@@ -118,6 +188,7 @@ func (l *Limiter) Bind(ctx context.Context, nc *nats.Conn) error {
 		// every second while it recovers, and a missing one means "full".
 		TTL:      time.Minute,
 		History:  1,
+		MaxBytes: l.opts.MaxBytes,
 		Storage:  jetstream.MemoryStorage,
 		Replicas: l.opts.Replicas,
 	})
@@ -219,7 +290,7 @@ func (l *Limiter) take(ctx context.Context, a *app, latest time.Time) (time.Time
 		if ctx.Err() != nil {
 			return time.Time{}, true, protocol.Wrap(err, protocol.KindTimeout, "the deadline passed while waiting for the rate limit")
 		}
-		l.degraded("the rate-limit bucket failed; limiting per worker", err)
+		l.rep.Unstored("claiming a rate-limit block failed; limiting per worker", err)
 	}
 	at, e := l.takeLocal(a, latest)
 	return at, false, e
@@ -260,6 +331,7 @@ const busyRunPushback = 3
 // app is the per-appid state of one worker.
 type app struct {
 	id, keyID string
+	mac       *seal.MAC
 
 	mu           sync.Mutex
 	slots        []time.Time // owned, unused slot times, ascending
@@ -272,6 +344,9 @@ type app struct {
 	lastPushback time.Time
 	burst        int
 	local        *rate.Limiter // fallback: eff / peers
+	// claiming is closed when this worker's claim of blocks for the app,
+	// under way, ends; nil when none is.
+	claiming chan struct{}
 }
 
 // setLocal sizes the fallback limiter as this worker's share of the pool.
@@ -294,71 +369,103 @@ func (l *Limiter) takeLocal(a *app, latest time.Time) (time.Time, *protocol.Erro
 }
 
 // takeShared returns the time of a slot this worker owns: one already
-// claimed, or one of a block it claims now.
+// claimed, or one of a block it claims now. One caller per app claims at
+// a time, with the app's lock released over the round trips; the others
+// wait for its blocks (or their deadline).
 func (l *Limiter) takeShared(ctx context.Context, kv jetstream.KeyValue, a *app, latest time.Time) (time.Time, *protocol.Error, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	now := time.Now()
-	// Slots in the past are gone: spending them now would bunch calls.
-	i := 0
-	for i < len(a.slots) && a.slots[i].Before(now.Add(-time.Millisecond)) {
-		i++
-	}
-	a.slots = a.slots[i:]
-	if len(a.slots) == 0 {
-		if err := l.claim(ctx, kv, a, now, latest); err != nil {
+	for claimed := false; ; {
+		a.mu.Lock()
+		now := time.Now()
+		// Slots in the past are gone: spending them now would bunch calls.
+		i := 0
+		for i < len(a.slots) && a.slots[i].Before(now.Add(-time.Millisecond)) {
+			i++
+		}
+		a.slots = a.slots[i:]
+		switch {
+		case len(a.slots) > 0 && a.slots[0].After(latest):
+			wait := a.slots[0].Sub(now)
+			a.mu.Unlock()
+			return time.Time{}, limited(wait), nil
+		case len(a.slots) > 0:
+			at := a.slots[0]
+			a.slots = a.slots[1:]
+			a.mu.Unlock()
+			return at, nil, nil
+		case claimed:
+			// Our own claim found nothing by latest.
+			wait := l.opts.MaxQueue
+			if a.nextBlock > 0 {
+				wait = l.blockStart(a.nextBlock).Sub(now)
+			}
+			a.mu.Unlock()
+			return time.Time{}, limited(wait), nil
+		case a.claiming != nil:
+			ch := a.claiming
+			a.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return time.Time{}, nil, ctx.Err()
+			}
+		}
+		ch := make(chan struct{})
+		a.claiming = ch
+		from, eff := max(l.blockOf(now), a.nextBlock), a.eff
+		a.mu.Unlock()
+
+		slots, next, err := l.claim(ctx, kv, a.keyID, from, eff, now, latest)
+
+		a.mu.Lock()
+		a.claiming = nil
+		close(ch)
+		a.nextBlock = max(a.nextBlock, next)
+		a.slots = append(a.slots, slots...) // later than any slot left: the list stays sorted
+		a.mu.Unlock()
+		if err != nil {
 			return time.Time{}, nil, err
 		}
+		claimed = true
 	}
-	if len(a.slots) == 0 || a.slots[0].After(latest) {
-		wait := l.opts.MaxQueue
-		if len(a.slots) > 0 {
-			wait = a.slots[0].Sub(now)
-		} else if a.nextBlock > 0 {
-			wait = l.blockStart(a.nextBlock).Sub(now)
-		}
-		return time.Time{}, limited(wait), nil
-	}
-	at := a.slots[0]
-	a.slots = a.slots[1:]
-	return at, nil, nil
 }
 
-// claim claims the first free block from now on that starts by latest.
-func (l *Limiter) claim(ctx context.Context, kv jetstream.KeyValue, a *app, now, latest time.Time) error {
-	k := max(l.blockOf(now), a.nextBlock)
+// claim claims the first free block from block from on that starts by
+// latest, and returns its slots and the next block worth trying.
+func (l *Limiter) claim(ctx context.Context, kv jetstream.KeyValue, keyID string, from int64, eff float64, now, latest time.Time) ([]time.Time, int64, error) {
+	k := from
 	for tries := 0; tries < 64; tries++ {
-		start := l.blockStart(k)
-		if start.After(latest) {
-			a.nextBlock = k
-			return nil
+		if l.blockStart(k).After(latest) {
+			return nil, k, nil
 		}
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		_, err := kv.Create(cctx, "b."+a.keyID+"."+fmt.Sprint(k), nil)
+		_, err := kv.Create(cctx, "b."+keyID+"."+strconv.FormatInt(k, 10), nil)
 		cancel()
 		switch {
 		case err == nil:
-			a.nextBlock = k + 1
-			a.slots = append(a.slots, l.slotsOf(k, a.eff, now)...)
-			if len(a.slots) > 0 {
-				return nil
+			if slots := l.slotsOf(k, eff, now); len(slots) > 0 {
+				return slots, k + 1, nil
 			}
 		case errors.Is(err, jetstream.ErrKeyExists):
 		default:
-			return err
+			return nil, k, err
 		}
 		k++
 	}
-	a.nextBlock = k
-	return nil
+	return nil, k, nil
 }
 
 // slotsOf returns block k's slot times from now on. The slots of
 // consecutive blocks follow one schedule of Rate per second, so fractions
-// carry over from block to block.
+// carry over from block to block. However eff came to be, a block holds
+// no more slots than the configured rate gives it.
 func (l *Limiter) slotsOf(k int64, eff float64, now time.Time) []time.Time {
+	if !(eff > 0) || eff > l.opts.Rate {
+		eff = l.opts.Rate
+	}
 	perBlock := eff * l.block.Seconds()
 	n := int(math.Floor(float64(k+1)*perBlock) - math.Floor(float64(k)*perBlock))
+	n = max(0, min(n, int(math.Ceil(l.opts.Rate*l.block.Seconds()))+1))
 	start := l.blockStart(k)
 	out := make([]time.Time, 0, n)
 	for i := range n {
@@ -380,10 +487,42 @@ func limited(wait time.Duration) *protocol.Error {
 	return e
 }
 
-// effective is the bucket's record of an appid's effective rate.
+// effective is the bucket's record of an appid's effective rate (inside
+// the MAC).
 type effective struct {
 	Rate float64 `json:"rate"`
 	At   int64   `json:"at"` // unix nanos of the change
+}
+
+// maxSkew is how far ahead of this worker's clock a stored change may
+// lie: workers' clocks differ by milliseconds under NTP.
+const maxSkew = 5 * time.Second
+
+// maxEffective bounds a stored record's size.
+const maxEffective = 128
+
+// decodeEffective reads a stored record, checked against the app's key;
+// ok is false for anything not written by a worker of this pool or out
+// of range: a rate outside [floor, Rate], a time before 1970 or more than
+// maxSkew ahead of now.
+//
+// Whatever the bytes, it does not panic: should it ever, the record
+// counts as absent and the worker carries on.
+func (l *Limiter) decodeEffective(a *app, key string, stored []byte, now time.Time) (v effective, ok bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			v, ok = effective{}, false
+		}
+	}()
+	b, err := a.mac.Verify(l.opts.Bucket, key, stored)
+	if err != nil || len(b) > maxEffective {
+		return effective{}, false
+	}
+	if json.Unmarshal(b, &v) != nil || !(v.Rate >= l.floor() && v.Rate <= l.opts.Rate) ||
+		v.At < 0 || v.At > now.Add(maxSkew).UnixNano() {
+		return effective{}, false
+	}
+	return v, true
 }
 
 // rateRefresh is how often a worker re-reads the pool's effective rate.
@@ -401,8 +540,20 @@ func (l *Limiter) refreshRate(ctx context.Context, a *app) {
 	l.adjust(ctx, a, false)
 }
 
-// adjust reads the effective rate and, with pushback, halves it or,
-// without, raises it by a tenth of Rate once a second, by compare-and-set
+// nextRate is the adaptive rule: with pushback, halve the rate, at most
+// once a second and not below the floor; without, once pushback has been
+// quiet for 2s, raise it by a tenth of Rate once a second.
+func (l *Limiter) nextRate(cur float64, sinceChange, sincePushback time.Duration, pushback bool) float64 {
+	switch {
+	case pushback && sinceChange > time.Second:
+		return math.Max(cur/2, l.floor())
+	case !pushback && sincePushback > 2*time.Second && cur < l.opts.Rate && sinceChange >= time.Second:
+		return math.Min(cur+l.opts.Rate/10, l.opts.Rate)
+	}
+	return cur
+}
+
+// adjust reads the effective rate and applies nextRate, by compare-and-set
 // so that workers seeing the same event change it once.
 func (l *Limiter) adjust(ctx context.Context, a *app, pushback bool) {
 	kvp := l.kv.Load()
@@ -414,40 +565,42 @@ func (l *Limiter) adjust(ctx context.Context, a *app, pushback bool) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
 	key := "r." + a.keyID
+	now := time.Now()
 	cur, rev := effective{Rate: l.opts.Rate}, uint64(0)
 	if e, err := kv.Get(cctx, key); err == nil {
-		if json.Unmarshal(e.Value(), &cur) != nil || cur.Rate <= 0 {
-			cur = effective{Rate: l.opts.Rate}
+		// A record that fails its check counts as absent (the full rate),
+		// but its revision is kept: the next change overwrites it.
+		if v, ok := l.decodeEffective(a, key, e.Value(), now); ok {
+			cur = v
+		} else {
+			l.rep.Rejected("not a valid effective rate")
 		}
 		rev = e.Revision()
 	} else if !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {
 		return
 	}
-	now := time.Now()
 	a.mu.Lock()
-	quiet := now.Sub(a.lastPushback) > 2*time.Second
+	sincePushback := now.Sub(a.lastPushback)
 	a.mu.Unlock()
-	next := cur.Rate
-	sinceChange := now.Sub(time.Unix(0, cur.At))
-	switch {
-	case pushback && sinceChange > time.Second:
-		next = math.Max(cur.Rate/2, l.floor())
-	case !pushback && quiet && cur.Rate < l.opts.Rate && sinceChange >= time.Second:
-		next = math.Min(cur.Rate+l.opts.Rate/10, l.opts.Rate)
-	}
+	next := l.nextRate(cur.Rate, now.Sub(time.Unix(0, cur.At)), sincePushback, pushback)
 	if next != cur.Rate {
 		val, _ := json.Marshal(effective{Rate: next, At: now.UnixNano()})
+		val = a.mac.Sign(l.opts.Bucket, key, val)
 		var err error
 		if rev == 0 {
 			_, err = kv.Create(cctx, key, val)
 		} else {
 			_, err = kv.Update(cctx, key, val, rev)
 		}
-		if err == nil {
+		switch {
+		case err == nil:
 			l.log.Warn("pool rate changed", "appid", a.id, "from", round(cur.Rate), "to", round(next), "configured", l.opts.Rate)
 			cur = effective{Rate: next, At: now.UnixNano()}
+		case errors.Is(err, jetstream.ErrKeyExists):
+			// Another worker changed it first: its value counts.
+		default:
+			l.rep.Unstored("storing the pool's effective rate failed", err)
 		}
-		// On a conflict another worker changed it: its value counts.
 	}
 	a.mu.Lock()
 	a.eff, a.effRead = cur.Rate, now
@@ -461,13 +614,7 @@ func (l *Limiter) adjustLocal(a *app, pushback bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := time.Now()
-	next := a.eff
-	switch {
-	case pushback && now.Sub(a.effChanged) > time.Second:
-		next = math.Max(a.eff/2, l.floor())
-	case !pushback && a.eff < l.opts.Rate && now.Sub(a.effChanged) >= time.Second && now.Sub(a.lastPushback) > 2*time.Second:
-		next = math.Min(a.eff+l.opts.Rate/10, l.opts.Rate)
-	}
+	next := l.nextRate(a.eff, now.Sub(a.effChanged), now.Sub(a.lastPushback), pushback)
 	if next != a.eff {
 		l.log.Warn("worker rate changed (pool bucket unreachable)", "appid", a.id, "from", round(a.eff), "to", round(next))
 		a.eff, a.effChanged = next, now
@@ -481,10 +628,3 @@ func (l *Limiter) adjustLocal(a *app, pushback bool) {
 func (l *Limiter) floor() float64 { return math.Max(l.opts.Rate/20, math.Min(1, l.opts.Rate)) }
 
 func round(r float64) float64 { return math.Round(r*100) / 100 }
-
-// degraded logs a store failure, at most once per 10 seconds.
-func (l *Limiter) degraded(what string, err error) {
-	if l.warn.Allow() {
-		l.log.Warn(what, "workers_known", l.peers.Load(), logging.Err(err))
-	}
-}

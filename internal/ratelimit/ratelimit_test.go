@@ -2,7 +2,9 @@ package ratelimit
 
 import (
 	"context"
+	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/wxlogin/wxlogin/internal/logging"
@@ -53,26 +55,115 @@ func TestSlotsAreEvenlySpaced(t *testing.T) {
 // of 4 workers allows a quarter of the rate, and sheds at once (with a
 // Retry-After) what its deadline cannot wait for.
 func TestLocalFallbackSharesTheRate(t *testing.T) {
-	l := New(Options{Rate: 40, Burst: 4, MaxQueue: time.Second}, []string{"wxa"}, logging.Discard())
-	l.SetPeers(4)
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	ok, shed := 0, 0
-	for range 20 {
-		switch e := l.Wait(ctx, "wxa"); {
-		case e == nil:
-			ok++
-		case e.Kind == protocol.KindRateLimited && e.RetryAfter > 0:
-			shed++
-		default:
-			t.Fatalf("unexpected %v", e)
+	synctest.Test(t, func(t *testing.T) {
+		l := New(Options{Rate: 40, Burst: 4, MaxQueue: time.Second, MinAttempt: 10 * time.Millisecond}, []string{"wxa"}, logging.Discard())
+		l.SetPeers(4)
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		ok, shed := 0, 0
+		for range 20 {
+			switch e := l.Wait(ctx, "wxa"); {
+			case e == nil:
+				ok++
+			case e.Kind == protocol.KindRateLimited && e.RetryAfter > 0:
+				shed++
+			default:
+				t.Fatalf("unexpected %v", e)
+			}
+		}
+		// 10/s with a burst of 1 over 300ms: the first at once, then
+		// one every 100ms while the deadline allows waiting for it.
+		if ok != 3 || shed == 0 {
+			t.Errorf("%d allowed, %d shed in 300ms at 10/s; want 3 allowed", ok, shed)
+		}
+		if l.Wait(ctx, "not-an-app") != nil {
+			t.Error("unknown appids are for the caller to refuse, not the limiter")
+		}
+	})
+}
+
+// TestAdaptiveRule: halve on pushback at most once a second, not below
+// the floor; climb by a tenth of Rate a second once pushback has been
+// quiet for 2s; never above Rate.
+func TestAdaptiveRule(t *testing.T) {
+	l := New(Options{Rate: 40}, []string{"wxa"}, logging.Discard())
+	for _, c := range []struct {
+		cur                        float64
+		sinceChange, sincePushback time.Duration
+		pushback                   bool
+		want                       float64
+	}{
+		{40, time.Hour, 0, true, 20},
+		{20, 500 * time.Millisecond, 0, true, 20}, // halved just now
+		{2.5, time.Hour, 0, true, 2},              // the floor: 5% of 40
+		{2, time.Hour, 0, true, 2},
+		{20, time.Hour, 3 * time.Second, false, 24},
+		{20, time.Hour, time.Second, false, 20}, // pushback too recent
+		{20, 999 * time.Millisecond, time.Hour, false, 20},
+		{39, time.Hour, time.Hour, false, 40},
+		{40, time.Hour, time.Hour, false, 40},
+	} {
+		if got := l.nextRate(c.cur, c.sinceChange, c.sincePushback, c.pushback); got != c.want {
+			t.Errorf("%+v: got %v", c, got)
 		}
 	}
-	// 10/s with a burst of 1 over 300ms: the first at once, then ~3 more.
-	if ok < 2 || ok > 5 || shed == 0 {
-		t.Errorf("%d allowed, %d shed in 300ms at 10/s", ok, shed)
+	// The per-worker fallback follows the same rule, on the clock.
+	synctest.Test(t, func(t *testing.T) {
+		l := New(Options{Rate: 40}, []string{"wxa"}, logging.Discard())
+		ctx := context.Background()
+		time.Sleep(2 * time.Second)
+		l.Feedback(ctx, "wxa", 45011)
+		if r := l.Rates()["wxa"]; r != 20 {
+			t.Fatalf("after a 45011: %v, want 20", r)
+		}
+		l.Feedback(ctx, "wxa", 45011)
+		if r := l.Rates()["wxa"]; r != 20 {
+			t.Fatalf("a second 45011 at once: %v, want 20", r)
+		}
+		time.Sleep(3 * time.Second)
+		l.Wait(ctx, "wxa")
+		if r := l.Rates()["wxa"]; r != 24 {
+			t.Fatalf("3s later: %v, want 24", r)
+		}
+	})
+}
+
+// Concurrent callers on one worker share its claims: one claims while
+// the others wait for its block's slots, so the worker does not take a
+// block per caller (slots it would leave unused, and the pool short).
+func TestConcurrentCallersShareClaims(t *testing.T) {
+	l, kv := boundLimiter(t, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	const callers = 20
+	errs := make(chan error, callers)
+	for range callers {
+		go func() {
+			if e := l.Wait(ctx, "wxa"); e != nil {
+				errs <- e
+				return
+			}
+			errs <- nil
+		}()
 	}
-	if l.Wait(ctx, "not-an-app") != nil {
-		t.Error("unknown appids are for the caller to refuse, not the limiter")
+	for range callers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := 0
+	for k := range keys.Keys() {
+		if strings.HasPrefix(k, "b.") {
+			blocks++
+		}
+	}
+	// 20 calls at 5 slots a block: 4 blocks, one more for a block
+	// claimed part-way through.
+	if blocks > callers/5+1 {
+		t.Errorf("%d blocks claimed for %d calls of 5 slots a block", blocks, callers)
 	}
 }
