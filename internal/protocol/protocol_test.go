@@ -123,6 +123,11 @@ func TestDecodeRequest(t *testing.T) {
 		{"{\"code\":\"a\xff\"}", false, "", ""},
 		{`{"code":"abc","appid":"wx 1"}`, false, "", ""},
 		{`{"code":"abc","appid":7}`, false, "", ""},
+		// Valid JSON, but past MaxMessage: refused before it is decoded.
+		{`{"code":"abc","pad":"` + strings.Repeat("p", protocol.MaxMessage) + `"}`, false, "", ""},
+		// The largest valid request, every character escaped, fits.
+		{`{"appid":"` + strings.Repeat(`A`, protocol.MaxTokenLen) + `","code":"` + strings.Repeat(`B`, protocol.MaxTokenLen) + `"}`,
+			true, strings.Repeat("B", protocol.MaxTokenLen), strings.Repeat("A", protocol.MaxTokenLen)},
 	} {
 		req, e := protocol.DecodeRequest([]byte(tc.data))
 		if tc.ok {
