@@ -266,8 +266,7 @@ func (j *job) failed(err error) (_ *protocol.Error, again bool) {
 		// WeChat does not say whether a busy or timed-out attempt
 		// consumed the code; this one says an earlier one did.
 		j.o.lost = true
-		e.Message = "the code was consumed by an earlier attempt whose answer was lost; get a new code"
-		return e, false
+		return e.With(protocol.Message("the code was consumed by an earlier attempt whose answer was lost; get a new code")), false
 	}
 	if !e.Temporary || j.o.attempts >= w.cfg.MaxAttempts {
 		return final(e), false
@@ -323,10 +322,10 @@ const minAttempt = 20 * time.Millisecond
 // final turns the last retryable failure into what the client sees.
 func final(e *protocol.Error) *protocol.Error {
 	if e.Kind == protocol.KindRateLimited && e.RetryAfter == 0 {
-		e.RetryAfter = time.Second
+		return e.With(protocol.RetryAfter(time.Second))
 	}
 	if e.Temporary && e.Kind == protocol.KindUpstream {
-		e.Message = "WeChat failed after retries: " + e.Message
+		return e.With(protocol.Message("WeChat failed after retries: " + e.Message))
 	}
 	return e
 }

@@ -143,15 +143,15 @@ func DecodeReply(m *nats.Msg) (Result, *Error) {
 		status, _ := strconv.Atoi(code)
 		var b ErrorBody
 		if len(m.Data) > MaxMessage || json.Unmarshal(m.Data, &b) != nil || b.Error == "" {
-			e := New(KindUpstream, "worker error: %s", m.Header.Get(micro.ErrorHeader))
+			var opts []Option
 			if status >= 400 && status < 600 {
-				e.Status = status
+				opts = append(opts, Status(status))
 			}
-			return res, e
+			return res, Make(KindUpstream, "worker error: "+m.Header.Get(micro.ErrorHeader), opts...)
 		}
 		e := FromBody(b, status)
 		if s, err := strconv.Atoi(m.Header.Get(HeaderRetryAfter)); err == nil && s > 0 {
-			e.RetryAfter = time.Duration(s) * time.Second
+			e = e.With(RetryAfter(time.Duration(s) * time.Second))
 		}
 		return res, e
 	}

@@ -504,3 +504,24 @@ func FuzzDecodeRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestErrorWithLeavesOriginal: an Error is not changed once made; With
+// gives a changed copy, so an error shared by duplicates, the log and
+// the store keeps what it said.
+func TestErrorWithLeavesOriginal(t *testing.T) {
+	t.Parallel()
+	cause := errors.New("detail")
+	e := protocol.Make(protocol.KindUpstream, "busy", protocol.Temporary(true), protocol.Errcode(-1), protocol.Cause(cause))
+	if e.Status != http.StatusBadGateway || e.Retry != protocol.RetrySameCode || !e.Temporary || e.WxErrcode != -1 || e.Cause != cause {
+		t.Fatalf("Make: %+v", e)
+	}
+	c := e.With(protocol.Message("failed after retries"), protocol.Status(http.StatusServiceUnavailable),
+		protocol.RetryAfter(time.Second), protocol.RetryHint(protocol.RetryNo))
+	if e.Message != "busy" || e.Status != http.StatusBadGateway || e.RetryAfter != 0 || e.Retry != protocol.RetrySameCode {
+		t.Errorf("With changed the original: %+v", e)
+	}
+	if c.Message != "failed after retries" || c.Status != http.StatusServiceUnavailable || c.RetryAfter != time.Second ||
+		c.Retry != protocol.RetryNo || c.WxErrcode != -1 || c.Cause != cause {
+		t.Errorf("With: %+v", c)
+	}
+}
