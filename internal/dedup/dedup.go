@@ -590,8 +590,7 @@ func decode(b []byte) (answer, bool) {
 	case v.Claim:
 		return answer{claim: true}, v == stored{Claim: true}
 	case v.Kind != "":
-		a := answer{Err: protocol.New(v.Kind, "%s", v.Message)}
-		a.Err.WxErrcode = v.Errcode
+		a := answer{Err: protocol.Make(v.Kind, v.Message, protocol.Errcode(v.Errcode))}
 		if !a.final() || len(v.Message) > maxMessage || v.OpenID != "" || v.UnionID != "" {
 			return answer{}, false
 		}

@@ -61,9 +61,8 @@ func limitClients(cl ClientLimit, logger *slog.Logger) func(http.Handler) http.H
 				next.ServeHTTP(w, r)
 				return
 			}
-			e := protocol.New(protocol.KindRateLimited, "too many requests from this client; retry after Retry-After seconds")
-			e.RetryAfter = wait
-			writeError(w, e)
+			writeError(w, protocol.Make(protocol.KindRateLimited, "too many requests from this client; retry after Retry-After seconds",
+				protocol.RetryAfter(wait)))
 			// Debug only: an abusive client must not be able to flood
 			// the log at the default level.
 			logger.LogAttrs(r.Context(), slog.LevelDebug, "client rate limited",

@@ -126,9 +126,8 @@ func ask(ctx context.Context, cancel context.CancelFunc, nc *nats.Conn, cw *conn
 		// Publishing now would sit in a reconnect buffer until the
 		// deadline; the client is better served by a fast 503, with the
 		// same Retry-After as the other 503s so that it backs off.
-		e := protocol.New(protocol.KindUnavailable, "the service is not connected to its workers; retry shortly")
-		e.RetryAfter = time.Second
-		return protocol.Result{}, e
+		return protocol.Result{}, protocol.Make(protocol.KindUnavailable,
+			"the service is not connected to its workers; retry shortly", protocol.RetryAfter(time.Second))
 	}
 	msg := nats.NewMsg(subject)
 	msg.Data = protocol.EncodeRequest(req)
@@ -156,21 +155,18 @@ var errConnLost = errors.New("the connection to NATS dropped while waiting for t
 func natsError(err error) *protocol.Error {
 	switch {
 	case errors.Is(err, errConnLost):
-		e := protocol.Wrap(err, protocol.KindUnavailable, "the service lost its connection to the workers; retry with the same code")
-		e.RetryAfter = time.Second
-		return e
+		return protocol.Make(protocol.KindUnavailable, "the service lost its connection to the workers; retry with the same code",
+			protocol.Cause(err), protocol.RetryAfter(time.Second))
 	case errors.Is(err, nats.ErrNoResponders):
-		e := protocol.Wrap(err, protocol.KindUnavailable, "no worker is available; retry shortly")
-		e.RetryAfter = time.Second
-		return e
+		return protocol.Make(protocol.KindUnavailable, "no worker is available; retry shortly",
+			protocol.Cause(err), protocol.RetryAfter(time.Second))
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
 		return protocol.Wrap(err, protocol.KindTimeout, "no answer within the deadline")
 	case errors.Is(err, context.Canceled):
 		return protocol.Wrap(err, protocol.KindUnavailable, "the request was cancelled")
 	default:
-		e := protocol.Wrap(err, protocol.KindUnavailable, "the service cannot reach its workers; retry shortly")
-		e.RetryAfter = time.Second
-		return e
+		return protocol.Make(protocol.KindUnavailable, "the service cannot reach its workers; retry shortly",
+			protocol.Cause(err), protocol.RetryAfter(time.Second))
 	}
 }
 

@@ -13,11 +13,8 @@ import (
 // errGetRefused answers GET and HEAD when codes may not travel in URLs.
 // 405 with Allow: POST tells a client what to do instead; the body is the
 // contract's bad_request, since the client must change its request.
-var errGetRefused = func() *protocol.Error {
-	e := protocol.New(protocol.KindBadRequest, "codes in URLs are refused here (access logs keep URLs): POST the code in the body")
-	e.Status = http.StatusMethodNotAllowed
-	return e
-}()
+var errGetRefused = protocol.Make(protocol.KindBadRequest, "codes in URLs are refused here (access logs keep URLs): POST the code in the body",
+	protocol.Status(http.StatusMethodNotAllowed))
 
 // refuseURLCode refuses, when refuse is set, every request that puts a
 // code in the URL: GET and HEAD altogether, and a POST whose query string

@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"strconv"
 
 	"github.com/wxlogin/wxlogin/internal/protocol"
 )
@@ -37,9 +38,8 @@ func parseRequest(r *http.Request, maxBody int64) (protocol.Request, *protocol.E
 			return req, e
 		}
 	default:
-		e := protocol.New(protocol.KindBadRequest, "method %s is not allowed: use GET or POST", r.Method)
-		e.Status = http.StatusMethodNotAllowed
-		return req, e
+		return req, protocol.Make(protocol.KindBadRequest, "method "+r.Method+" is not allowed: use GET or POST",
+			protocol.Status(http.StatusMethodNotAllowed))
 	}
 	if req.AppID == "" {
 		// Any shape may name the app in the query string; text/plain
@@ -81,9 +81,8 @@ func readBody(r *http.Request, maxBody int64) ([]byte, *protocol.Error) {
 }
 
 func tooLarge(maxBody int64) *protocol.Error {
-	e := protocol.New(protocol.KindBadRequest, "request body is larger than %d bytes", maxBody)
-	e.Status = http.StatusRequestEntityTooLarge
-	return e
+	return protocol.Make(protocol.KindBadRequest, "request body is larger than "+strconv.FormatInt(maxBody, 10)+" bytes",
+		protocol.Status(http.StatusRequestEntityTooLarge))
 }
 
 const shapes = "send application/json {\"code\":C,\"appid\":A}, application/x-www-form-urlencoded code=C&appid=A, or text/plain C"
@@ -92,9 +91,8 @@ func parseBody(contentType string, body []byte) (protocol.Request, *protocol.Err
 	var req protocol.Request
 	mt, _, err := mime.ParseMediaType(contentType)
 	if contentType == "" || err != nil {
-		e := protocol.New(protocol.KindBadRequest, "missing or malformed Content-Type: %s", shapes)
-		e.Status = http.StatusUnsupportedMediaType
-		return req, e
+		return req, protocol.Make(protocol.KindBadRequest, "missing or malformed Content-Type: "+shapes,
+			protocol.Status(http.StatusUnsupportedMediaType))
 	}
 	switch mt {
 	case "application/json":
@@ -114,9 +112,8 @@ func parseBody(contentType string, body []byte) (protocol.Request, *protocol.Err
 		req.Code = string(trimASCIISpace(body))
 		return req, nil
 	default:
-		e := protocol.New(protocol.KindBadRequest, "Content-Type %s is not supported: %s", mt, shapes)
-		e.Status = http.StatusUnsupportedMediaType
-		return req, e
+		return req, protocol.Make(protocol.KindBadRequest, "Content-Type "+mt+" is not supported: "+shapes,
+			protocol.Status(http.StatusUnsupportedMediaType))
 	}
 }
 

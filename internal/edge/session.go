@@ -83,9 +83,8 @@ func (c *keyCache) get(ctx context.Context, force bool) (*token.Verifier, []byte
 
 func (c *keyCache) fetch(ctx context.Context) *protocol.Error {
 	if !c.nc.IsConnected() {
-		e := protocol.New(protocol.KindUnavailable, "the service is not connected to its workers; retry shortly")
-		e.RetryAfter = time.Second
-		return e
+		return protocol.Make(protocol.KindUnavailable, "the service is not connected to its workers; retry shortly",
+			protocol.RetryAfter(time.Second))
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
@@ -93,9 +92,8 @@ func (c *keyCache) fetch(ctx context.Context) *protocol.Error {
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
 			// Workers without WX_TOKEN_KEY_FILE serve no keys.
-			e := protocol.Wrap(err, protocol.KindUnavailable, "no worker publishes login token keys")
-			e.RetryAfter = time.Second
-			return e
+			return protocol.Make(protocol.KindUnavailable, "no worker publishes login token keys",
+				protocol.Cause(err), protocol.RetryAfter(time.Second))
 		}
 		return natsError(err)
 	}

@@ -1,10 +1,3 @@
-// Package exchange is the worker: it turns login codes into openids by
-// calling WeChat, with the secrets it alone holds. It serves the NATS
-// micro service "wxlogin", runs each exchange in goroutines of its own
-// (a bounded number at once; see job), rate-limits upstream calls per
-// appid, retries what can succeed on retry within the requester's
-// deadline, and never lets a secret, a session_key or a raw code into a
-// log line or reply.
 package exchange
 
 import (
@@ -15,6 +8,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxlogin/wxlogin/internal/dedup"
@@ -133,7 +127,7 @@ func New(cfg Config, upstream *wechat.Client, logger *slog.Logger) (*Worker, err
 		if cfg.Rate > 0 {
 			rates = w.limit.Rates
 		}
-		w.stats.m = metrics.NewWorker(cfg.Registry, appids, rates)
+		w.stats.m = metrics.NewWorker(cfg.Registry, appids, rates, func() float64 { return float64(w.inFlight()) })
 		metrics.Modes(cfg.Registry,
 			func() bool { return w.DedupMode() == "shared" },
 			func() bool { return w.RateMode() == "shared" })
@@ -185,13 +179,94 @@ func (w *Worker) app(req protocol.Request) (appid, secret string, e *protocol.Er
 	return appid, secret, nil
 }
 
+// job is one exchange, run by one goroutine from the message's arrival
+// to its reply.
+type job struct {
+	w        *Worker
+	reply    string
+	deadline time.Time // the requester's: its budget from the message's arrival
+
+	ctx       context.Context // ends at the deadline
+	cancel    context.CancelFunc
+	req       protocol.Request
+	slot      bool // holds a concurrency slot
+	replied   bool
+	secret    string
+	lead      *dedup.Lead // ours to run and End, with de-duplication
+	start     time.Time   // of the exchange proper, after the slot
+	callStart time.Time   // of the current attempt
+	ambiguous bool        // an earlier attempt may have consumed the code
+	o         outcome
+}
+
+// run is the whole exchange: decode, wait for a slot, ask
+// de-duplication, call WeChat if need be, and answer.
+func (j *job) run(data []byte) {
+	j.ctx, j.cancel = context.WithDeadline(context.Background(), j.deadline)
+	defer j.end()
+	req, e := protocol.DecodeRequest(data)
+	j.req = req
+	if e == nil {
+		select {
+		case j.w.slots <- struct{}{}:
+			j.slot = true
+		case <-j.ctx.Done():
+			e = protocol.New(protocol.KindTimeout, "the worker was too busy to start this exchange within its deadline")
+		}
+	}
+	if e != nil {
+		j.w.stats.record(outcome{err: e})
+		j.send(protocol.ErrorMsg(e))
+		return
+	}
+	if j.begin() {
+		j.call()
+	}
+}
+
+// errPanic answers an exchange that panicked. The code was not
+// necessarily spent, so the client may retry it.
+var errPanic = protocol.New(protocol.KindUpstream, "internal error")
+
+// end, deferred by run, frees what the job holds. A panic on the way
+// is logged and answered with an error, and the worker carries on: one
+// bad exchange must not take the others down with the process.
+func (j *job) end() {
+	if r := recover(); r != nil {
+		j.w.logPanic("exchange "+logging.CodeHash(j.req.Code), r)
+		if j.lead != nil {
+			lead := j.lead
+			j.lead = nil
+			// Free duplicates waiting on this exchange; a transient
+			// error is not remembered.
+			j.w.panics("ending de-duplication", func() { lead.End(j.ctx, protocol.Result{}, errPanic) })
+		}
+		if !j.replied {
+			j.send(protocol.ErrorMsg(errPanic))
+		}
+	}
+	if j.slot {
+		<-j.w.slots
+	}
+	j.cancel()
+}
+
+// send answers the requester. It answers through the connection, not
+// through micro's Request, whose bookkeeping is not safe to touch after
+// the handler returned.
+func (j *job) send(msg *nats.Msg) {
+	j.replied = true
+	msg.Subject = j.reply
+	if err := j.w.nc.PublishMsg(msg); err != nil {
+		j.w.log.Warn("reply not sent", "code", logging.CodeHash(j.req.Code), logging.Err(err))
+	}
+}
+
 // begin starts the exchange proper, once the job holds a slot: it checks
 // the request and asks de-duplication for the answer. It reports whether
 // WeChat must be called (call); if not, the job has been answered.
 func (j *job) begin() bool {
 	w := j.w
-	w.stats.inFlight.Add(1)
-	w.stats.m.InFlight(1)
 	j.start = time.Now()
 	appid, secret, e := w.app(j.req)
 	j.o.appid = appid
@@ -215,13 +290,8 @@ func (j *job) begin() bool {
 	return true
 }
 
-// call is the job's second half: it calls WeChat until an answer is
-// final, attempts run out, or the deadline would be passed, and answers.
-// Its frame is on the stack of every exchange waiting for WeChat, so it
-// keeps few locals and leaves the work around each attempt to the
-// methods it calls, which are not on the stack while WeChat is asked.
-// The goroutine now waits about 2.3 KiB deep and keeps a 4 KiB stack;
-// past about 3 KiB it would need 8 (benchmark scenario 3 shows it).
+// call calls WeChat until an answer is final, attempts run out, or the
+// deadline would be passed, and answers.
 func (j *job) call() {
 	for {
 		if e := j.beforeAttempt(); e != nil {
@@ -295,8 +365,7 @@ func (j *job) failed(err error) (_ *protocol.Error, again bool) {
 		// WeChat does not say whether a busy or timed-out attempt
 		// consumed the code; this one says an earlier one did.
 		j.o.lost = true
-		e.Message = "the code was consumed by an earlier attempt whose answer was lost; get a new code"
-		return e, false
+		return e.With(protocol.Message("the code was consumed by an earlier attempt whose answer was lost; get a new code")), false
 	}
 	if !e.Temporary || j.o.attempts >= w.cfg.MaxAttempts {
 		return final(e), false
@@ -324,8 +393,9 @@ func (j *job) called(s wechat.Session, e *protocol.Error) {
 		res = protocol.Result{OpenID: s.OpenID, UnionID: s.UnionID}
 	}
 	j.o.err = e
-	if j.lead != nil {
-		res, j.o.err = j.lead.End(j.ctx, res, e)
+	if lead := j.lead; lead != nil {
+		j.lead = nil
+		res, j.o.err = lead.End(j.ctx, res, e)
 		j.w.stats.dedupHit(dedup.FromUpstream)
 	}
 	j.finish(res)
@@ -337,8 +407,6 @@ func (j *job) finish(res protocol.Result) {
 	j.o.latency = time.Since(j.start)
 	w.stats.record(j.o)
 	w.logOutcome(j.req, j.o)
-	w.stats.inFlight.Add(-1)
-	w.stats.m.InFlight(-1)
 	if j.o.err != nil {
 		j.send(protocol.ErrorMsg(j.o.err))
 		return
@@ -352,10 +420,10 @@ const minAttempt = 20 * time.Millisecond
 // final turns the last retryable failure into what the client sees.
 func final(e *protocol.Error) *protocol.Error {
 	if e.Kind == protocol.KindRateLimited && e.RetryAfter == 0 {
-		e.RetryAfter = time.Second
+		return e.With(protocol.RetryAfter(time.Second))
 	}
 	if e.Temporary && e.Kind == protocol.KindUpstream {
-		e.Message = "WeChat failed after retries: " + e.Message
+		return e.With(protocol.Message("WeChat failed after retries: " + e.Message))
 	}
 	return e
 }

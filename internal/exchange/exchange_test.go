@@ -1,12 +1,15 @@
 package exchange_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +19,7 @@ import (
 	"github.com/wxlogin/wxlogin/internal/dev/testbed"
 	"github.com/wxlogin/wxlogin/internal/exchange"
 	"github.com/wxlogin/wxlogin/internal/fakewx"
+	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/protocol"
 )
 
@@ -388,5 +392,71 @@ func TestLostAnswerIsCodeUsed(t *testing.T) {
 	}
 	if n := b.Fake.Calls("lost-answer"); n != 2 {
 		t.Errorf("%d upstream calls, want 2", n)
+	}
+}
+
+// panicOnce is a log handler that panics the first time the worker logs
+// the exchange of one code: a stand-in for any bug on an exchange's path.
+type panicOnce struct {
+	slog.Handler
+	codeHash string
+	done     *atomic.Bool
+}
+
+func (h panicOnce) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "exchange" {
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "code" && a.Value.String() == h.codeHash && h.done.CompareAndSwap(false, true) {
+				panic("boom: " + h.codeHash)
+			}
+			return true
+		})
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h panicOnce) WithAttrs(as []slog.Attr) slog.Handler {
+	return panicOnce{h.Handler.WithAttrs(as), h.codeHash, h.done}
+}
+
+func (h panicOnce) WithGroup(name string) slog.Handler {
+	return panicOnce{h.Handler.WithGroup(name), h.codeHash, h.done}
+}
+
+// TestPanicInExchangeIsAnsweredAndServingGoesOn: an exchange that panics
+// gets an error reply at once, its slot is freed, the panic is logged
+// without the code, and the worker goes on serving, the same code too.
+func TestPanicInExchangeIsAnsweredAndServingGoesOn(t *testing.T) {
+	b := testbed.New(t, testbed.Options{})
+	const code = "panic-code-1"
+	b.Logger = slog.New(panicOnce{b.Logger.Handler(), logging.CodeHash(code), new(atomic.Bool)})
+	cfg := b.WorkerConfig()
+	cfg.Concurrency = 1 // a slot the panic kept would stop every later exchange
+	w := b.StartWorker(cfg)
+	nc := b.Connect("client")
+
+	start := time.Now()
+	_, e := b.Request(nc, protocol.Request{Code: code}, 3*time.Second)
+	if e == nil || e.Kind != protocol.KindUpstream || e.Retry != protocol.RetrySameCode {
+		t.Fatalf("exchange that panicked: got %v, want upstream_error with retry same_code", e)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("answer after %v: the requester waited for its deadline", took)
+	}
+	for _, c := range []string{"after-panic-1", code} {
+		res, e := b.Request(nc, protocol.Request{Code: c}, 3*time.Second)
+		if e != nil || res.OpenID != fakewx.OpenID(testbed.App.AppID, c) {
+			t.Fatalf("%s after the panic: %+v, %v", c, res, e)
+		}
+	}
+	if n := w.Stats().InFlight; n != 0 {
+		t.Errorf("%d exchanges in flight after all were answered", n)
+	}
+	logs := b.Logs.String()
+	if !strings.Contains(logs, "panic recovered") {
+		t.Errorf("the panic was not logged:\n%s", logs)
+	}
+	if strings.Contains(logs, code) || strings.Contains(logs, "boom") {
+		t.Errorf("the log holds the raw code or the panic's value:\n%s", logs)
 	}
 }

@@ -5,15 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/wxlogin/wxlogin/internal/bucket"
-	"github.com/wxlogin/wxlogin/internal/dedup"
 	"github.com/wxlogin/wxlogin/internal/discovery"
 	"github.com/wxlogin/wxlogin/internal/logging"
 	"github.com/wxlogin/wxlogin/internal/metrics"
@@ -26,19 +28,22 @@ const maxBudget = time.Minute
 
 // intake is the NATS side of a Worker.
 type intake struct {
-	// slots admits WORKER_CONCURRENCY exchanges at once; admitted bounds
-	// the exchanges accepted, running or waiting for a slot. Waiting
-	// happens in the exchange's goroutine, against its own deadline: if
-	// the handler waited instead, the messages queued behind it would
-	// start their budget clocks late and outlive their requesters.
-	slots    chan struct{}
-	admitted chan struct{}
+	// admit counts the exchanges accepted and not yet answered, running
+	// or waiting for a slot: at most admitMax, past which the handler
+	// blocks and NATS buffers what follows. Shutdown waits on it for
+	// every accepted exchange to be answered.
+	admit    *semaphore.Weighted
+	admitMax int64
+	// slots holds one token per exchange running, WORKER_CONCURRENCY at
+	// most; its length is the in-flight figure of the stats and the
+	// gauge. An exchange waits for its slot in its own goroutine, against
+	// its own deadline: if the handler waited instead, the messages
+	// queued behind it would start their budget clocks late and outlive
+	// their requesters.
+	slots chan struct{}
 
 	mu       sync.Mutex
-	stopping bool           // set once; after it, jobs run inline
-	inFlight sync.WaitGroup // jobs not yet answered; Add only under mu, before stopping
-
-	runners runners // the goroutines that take jobs in
+	stopping bool // set once; after it, exchanges run in the handler
 
 	nc       *nats.Conn
 	svc      micro.Service
@@ -51,9 +56,12 @@ const waitingPerSlot = 8
 
 func (in *intake) init(concurrency int) {
 	in.slots = make(chan struct{}, concurrency)
-	in.admitted = make(chan struct{}, concurrency*(1+waitingPerSlot))
-	in.runners.init()
+	in.admitMax = int64(concurrency * (1 + waitingPerSlot))
+	in.admit = semaphore.NewWeighted(in.admitMax)
 }
+
+// inFlight is how many exchanges hold a slot.
+func (in *intake) inFlight() int { return len(in.slots) }
 
 // Start registers the micro service on nc and starts taking requests.
 func (w *Worker) Start(nc *nats.Conn, version string) error {
@@ -109,19 +117,19 @@ func (w *Worker) Start(nc *nats.Conn, version string) error {
 	w.svc = svc
 	w.stopBind = stopBind
 	w.mu.Unlock()
-	go w.bindStores(bindCtx, nc)
+	go w.keepRunning(bindCtx, "store binding", func() { w.bindStores(bindCtx, nc) })
 	if w.cfg.Rate > 0 {
-		go w.countPeers(bindCtx, nc)
+		go w.keepRunning(bindCtx, "peer count", func() { w.countPeers(bindCtx, nc) })
 	}
 	w.log.Info("worker serving", "subject", protocol.Subject(w.cfg.SubjectPrefix), "queue", protocol.QueueGroup,
 		"version", version, "limits", w.String())
 	return nil
 }
 
-// handle runs on the subscription's goroutine: it reads what it needs from
-// the message and hands the exchange to a goroutine of its own (a reused
-// one, see runners).
+// handle runs on the subscription's goroutine: it reads what it needs
+// from the message and starts the exchange's goroutine.
 func (w *Worker) handle(req micro.Request) {
+	defer w.recoverLoop("request handler")
 	received := time.Now()
 	reply := req.Reply()
 	if reply == "" {
@@ -131,104 +139,69 @@ func (w *Worker) handle(req micro.Request) {
 	if ms, err := strconv.Atoi(req.Headers().Get(protocol.HeaderTimeout)); err == nil && ms > 0 {
 		budget = min(time.Duration(ms)*time.Millisecond, maxBudget)
 	}
-	j := &job{w: w, reply: reply, data: req.Data(), deadline: received.Add(budget)}
+	j := &job{w: w, reply: reply, deadline: received.Add(budget)}
+	data := req.Data()
 
+	// Blocks while admitMax exchanges are accepted: backpressure.
+	_ = w.admit.Acquire(context.Background(), 1)
 	w.mu.Lock()
-	if w.stopping {
-		w.mu.Unlock()
-		// Shutting down: run inline, so that draining the connection
-		// waits for this reply instead of closing under it.
-		j.inline = true
-		j.intake()
-		return
-	}
-	w.inFlight.Add(1)
+	stopping := w.stopping
 	w.mu.Unlock()
-
-	w.admitted <- struct{}{}
-	j.admitted = true
-	w.runners.run(j.intake)
+	if stopping {
+		// Shutting down: run here, so that draining the connection
+		// waits for this reply instead of closing under it.
+		w.admit.Release(1)
+		j.run(data)
+		return
+	}
+	go func() {
+		defer w.admit.Release(1)
+		j.run(data)
+	}()
 }
 
-// job is one exchange on its way through the worker. It runs in two
-// goroutines, one after the other. The first, a runner, takes the request
-// in (intake): it decodes it, waits for a concurrency slot, and asks
-// de-duplication whether the answer is known or on its way. Only if
-// WeChat must be called does a second goroutine start, fresh, for call:
-// it calls, retries, and answers.
-//
-// The split is for memory. Thousands of exchanges may wait for WeChat at
-// once, each in the goroutine that called it, and a goroutine keeps the
-// stack its deepest call needed. Intake goes deep (the store's claim
-// over NATS) and would keep 8 KiB per waiting exchange; call starts
-// shallow and keeps 4 KiB. Scenario 3 of the benchmark measures it.
-type job struct {
-	w        *Worker
-	reply    string
-	data     []byte // the request, until decoded
-	deadline time.Time
-	inline   bool // run in the handler: no goroutines (shutting down)
-	admitted bool // holds a place in admitted and an inFlight count
-	slot     bool // holds a concurrency slot
-
-	ctx       context.Context // ends at the deadline
-	cancel    context.CancelFunc
-	req       protocol.Request
-	secret    string
-	lead      *dedup.Lead // ours to run and End, with de-duplication
-	start     time.Time   // of the exchange proper, after the slot
-	callStart time.Time   // of the current attempt
-	ambiguous bool        // an earlier attempt may have consumed the code
-	o         outcome
+// recoverLoop, deferred, keeps a panic in a handler or a background loop
+// from taking the process down: it logs it and lets the caller carry on.
+func (w *Worker) recoverLoop(where string) {
+	if r := recover(); r != nil {
+		w.logPanic(where, r)
+	}
 }
 
-// intake is the job's first half, on a runner (or inline): decode, slot,
-// de-duplication; then call, on a goroutine of its own.
-func (j *job) intake() {
-	w := j.w
-	j.ctx, j.cancel = context.WithDeadline(context.Background(), j.deadline)
-	req, e := protocol.DecodeRequest(j.data)
-	j.req, j.data = req, nil
-	if e == nil {
-		select {
-		case w.slots <- struct{}{}:
-			j.slot = true
-		case <-j.ctx.Done():
-			e = protocol.New(protocol.KindTimeout, "the worker was too busy to start this exchange within its deadline")
+// logPanic logs a recovered panic: where it happened, what kind of panic
+// it was (never its value, which might quote data) and the stack (whose
+// arguments are bare machine words, never string contents).
+func (w *Worker) logPanic(where string, r any) {
+	w.log.Error("panic recovered; carrying on", "in", where, "panic", panicText(r), "stack", string(debug.Stack()))
+}
+
+// panicText describes a recovered panic without data it may carry: the
+// runtime's own errors say only what went wrong (an index out of range,
+// a nil map), anything else is named by its type.
+func panicText(r any) string {
+	if err, ok := r.(runtime.Error); ok {
+		return err.Error()
+	}
+	return fmt.Sprintf("panic(%T)", r)
+}
+
+// keepRunning runs loop, and again after a pause whenever it panics,
+// until it returns or ctx ends.
+func (w *Worker) keepRunning(ctx context.Context, name string, loop func()) {
+	for w.panics(name, loop) && sleep(ctx, time.Second) {
+	}
+}
+
+// panics runs f and reports whether it panicked; the panic is logged.
+func (w *Worker) panics(name string, f func()) (panicked bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			w.logPanic(name, r)
+			panicked = true
 		}
-	}
-	if e != nil {
-		w.stats.record(outcome{err: e})
-		j.send(protocol.ErrorMsg(e))
-		return
-	}
-	if !j.begin() {
-		return
-	}
-	if j.inline {
-		j.call()
-		return
-	}
-	go j.call()
-}
-
-// send answers the requester and frees what the job held. It answers
-// through the connection, not through micro's Request, whose bookkeeping
-// is not safe to touch after the handler returned.
-func (j *job) send(msg *nats.Msg) {
-	w := j.w
-	msg.Subject = j.reply
-	if err := w.nc.PublishMsg(msg); err != nil {
-		w.log.Warn("reply not sent", "code", logging.CodeHash(j.req.Code), logging.Err(err))
-	}
-	j.cancel()
-	if j.slot {
-		<-w.slots
-	}
-	if j.admitted {
-		<-w.admitted
-		w.inFlight.Done()
-	}
+	}()
+	f()
+	return false
 }
 
 // bindStores turns on the pool-wide pieces once JetStream answers:
@@ -344,16 +317,18 @@ func (w *Worker) Shutdown() error {
 		return nil
 	}
 	w.stopBind()
-	w.log.Info("worker stopping: no new requests; finishing those in flight", "in_flight", w.stats.inFlight.Load())
+	w.log.Info("worker stopping: no new requests; finishing those in flight", "in_flight", w.inFlight())
 
 	// Stop drains the endpoint's subscription: the server sends no more,
-	// and what already arrived is still handled (inline, see handle).
+	// and what already arrived is still handled (in the handler, see handle).
 	var errs []error
 	if err := w.svc.Stop(); err != nil {
 		errs = append(errs, fmt.Errorf("stopping micro service: %w", err))
 	}
-	w.inFlight.Wait()
-	w.runners.stop()
+	// Every accepted exchange answered: the whole weight is free. Given
+	// back at once, for a message still on its way through handle.
+	_ = w.admit.Acquire(context.Background(), w.admitMax)
+	w.admit.Release(w.admitMax)
 
 	closed := make(chan struct{})
 	w.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })

@@ -17,7 +17,6 @@ import (
 type stats struct {
 	requests      atomic.Int64
 	ok            atomic.Int64
-	inFlight      atomic.Int64
 	upstreamCalls atomic.Int64
 	retries       atomic.Int64
 	rateLimited   atomic.Int64
@@ -113,7 +112,7 @@ func (w *Worker) Stats() Stats {
 		Requests:      s.requests.Load(),
 		OK:            s.ok.Load(),
 		Errors:        map[string]int64{},
-		InFlight:      s.inFlight.Load(),
+		InFlight:      int64(w.inFlight()),
 		UpstreamCalls: s.upstreamCalls.Load(),
 		UpstreamCodes: map[string]int64{},
 		Retries:       s.retries.Load(),

@@ -75,12 +75,12 @@ type Worker struct {
 	rateWaits      *prometheus.HistogramVec
 	rateRejections *prometheus.CounterVec
 	dedup          *prometheus.CounterVec
-	inFlight       prometheus.Gauge
 }
 
 // NewWorker registers the worker's metrics on reg. rates reports each
 // appid's effective pool rate (nil when unlimited).
-func NewWorker(reg prometheus.Registerer, appids []string, rates func() map[string]float64) *Worker {
+// inFlight reports the exchanges in flight, read when scraped.
+func NewWorker(reg prometheus.Registerer, appids []string, rates func() map[string]float64, inFlight func() float64) *Worker {
 	w := &Worker{
 		apps: map[string]bool{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -115,15 +115,15 @@ func NewWorker(reg prometheus.Registerer, appids []string, rates func() map[stri
 			Name: "wxlogin_dedup_answers_total",
 			Help: "Answers given without calling WeChat, by where they came from.",
 		}, []string{"source"}),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "wxlogin_worker_in_flight",
-			Help: "Exchanges in flight on this worker.",
-		}),
 	}
+	inFlightGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "wxlogin_worker_in_flight",
+		Help: "Exchanges in flight on this worker.",
+	}, inFlight)
 	for _, id := range appids {
 		w.apps[id] = true
 	}
-	reg.MustRegister(w.requests, w.latency, w.attempts, w.upstream, w.retries, w.rateWaits, w.rateRejections, w.dedup, w.inFlight)
+	reg.MustRegister(w.requests, w.latency, w.attempts, w.upstream, w.retries, w.rateWaits, w.rateRejections, w.dedup, inFlightGauge)
 	if rates != nil {
 		reg.MustRegister(&rateCollector{rates: rates, desc: prometheus.NewDesc(
 			"wxlogin_ratelimit_effective_rate", "The pool's current effective upstream rate per appid (calls/s), after adaptive backoff.",
@@ -185,13 +185,6 @@ func (w *Worker) RateWait(appid string, seconds float64, refused bool) {
 func (w *Worker) Deduplicated(source string) {
 	if w != nil {
 		w.dedup.WithLabelValues(source).Inc()
-	}
-}
-
-// InFlight moves the in-flight gauge.
-func (w *Worker) InFlight(delta float64) {
-	if w != nil {
-		w.inFlight.Add(delta)
 	}
 }
 

@@ -72,6 +72,12 @@ var defaults = map[Kind]struct {
 // WxErrcode may be shown to clients; Cause is for the log only. Nothing in
 // an Error may hold an AppSecret, a session_key or a raw code: the code that
 // builds one is responsible for that, and tests check it.
+//
+// An Error is not changed once made, for it may be shared: the one error
+// of an exchange goes to the requester, the log, the stats and the
+// de-duplication store, and duplicates of the code get it too. Its fields
+// are set through Options when it is made (New, Wrap, Make), and With
+// makes a changed copy.
 type Error struct {
 	Kind       Kind
 	Status     int    // HTTP status; also the NATS Nats-Service-Error-Code
@@ -87,19 +93,60 @@ type Error struct {
 
 // New returns an Error of the given kind with the kind's status and hint.
 func New(kind Kind, format string, args ...any) *Error {
-	d, ok := defaults[kind]
-	if !ok {
-		d = defaults[KindUpstream]
-	}
-	return &Error{Kind: kind, Status: d.status, Retry: d.retry, Message: fmt.Sprintf(format, args...)}
+	return Make(kind, fmt.Sprintf(format, args...))
 }
 
 // Wrap is New with a cause for the log.
 func Wrap(cause error, kind Kind, format string, args ...any) *Error {
-	e := New(kind, format, args...)
-	e.Cause = cause
+	return Make(kind, fmt.Sprintf(format, args...), Cause(cause))
+}
+
+// Make returns an Error of the given kind with the kind's status and hint,
+// then opts applied.
+func Make(kind Kind, message string, opts ...Option) *Error {
+	d, ok := defaults[kind]
+	if !ok {
+		d = defaults[KindUpstream]
+	}
+	e := &Error{Kind: kind, Status: d.status, Retry: d.retry, Message: message}
+	for _, o := range opts {
+		o(e)
+	}
 	return e
 }
+
+// With returns a copy of e with opts applied; e itself is unchanged.
+func (e *Error) With(opts ...Option) *Error {
+	c := *e
+	for _, o := range opts {
+		o(&c)
+	}
+	return &c
+}
+
+// An Option sets a field of an Error as it is made (Make, With).
+type Option func(*Error)
+
+// Status sets the HTTP status (and NATS error code) in place of the kind's.
+func Status(code int) Option { return func(e *Error) { e.Status = code } }
+
+// Message sets the client-visible message.
+func Message(m string) Option { return func(e *Error) { e.Message = m } }
+
+// RetryHint sets the retry hint in place of the kind's.
+func RetryHint(r Retry) Option { return func(e *Error) { e.Retry = r } }
+
+// RetryAfter sets how long the client should wait before retrying.
+func RetryAfter(d time.Duration) Option { return func(e *Error) { e.RetryAfter = d } }
+
+// Errcode sets WeChat's errcode.
+func Errcode(n int) Option { return func(e *Error) { e.WxErrcode = n } }
+
+// Temporary marks the error as worth another upstream attempt, or not.
+func Temporary(t bool) Option { return func(e *Error) { e.Temporary = t } }
+
+// Cause sets the detail for the log.
+func Cause(err error) Option { return func(e *Error) { e.Cause = err } }
 
 func (e *Error) Error() string {
 	s := string(e.Kind) + ": " + e.Message
@@ -143,16 +190,16 @@ func (e *Error) Body() ErrorBody {
 // FromBody rebuilds an Error from a reply body and status, as a client of
 // the worker (the edge, another service) sees it.
 func FromBody(b ErrorBody, status int) *Error {
-	e := New(b.Error, "%s", b.Message)
-	if _, ok := defaults[b.Error]; !ok {
-		e.Kind = KindUpstream
+	kind := b.Error
+	if _, ok := defaults[kind]; !ok {
+		kind = KindUpstream
 	}
+	opts := []Option{Errcode(b.WxErrcode)}
 	if status != 0 {
-		e.Status = status
+		opts = append(opts, Status(status))
 	}
 	if b.Retry != "" {
-		e.Retry = b.Retry
+		opts = append(opts, RetryHint(b.Retry))
 	}
-	e.WxErrcode = b.WxErrcode
-	return e
+	return Make(kind, b.Message, opts...)
 }

@@ -34,6 +34,12 @@ const (
 
 	// MaxTokenLen caps codes and appids. Real codes are 32 characters.
 	MaxTokenLen = 128
+
+	// MaxMessage caps the request and reply bodies that are decoded. The
+	// largest valid request (both tokens at MaxTokenLen, every character
+	// escaped) is under 2 KiB; anything longer is refused before
+	// encoding/json sees it.
+	MaxMessage = 4 << 10
 )
 
 // Subject returns the exchange subject for a NATS_SUBJECT_PREFIX.
@@ -55,6 +61,19 @@ type Result struct {
 	UnionID   string `json:"unionid,omitempty"`
 	Token     string `json:"token,omitempty"`
 	ExpiresIn int64  `json:"expires_in,omitempty"`
+}
+
+// EncodeRequest is r as JSON, the body of a NATS request.
+func EncodeRequest(r Request) []byte { return marshal(r) }
+
+// EncodeResult is r as JSON, the body of a success reply.
+func EncodeResult(r Result) []byte { return marshal(r) }
+
+// marshal is json.Marshal of a value that always encodes: a struct of
+// strings.
+func marshal(v any) []byte {
+	b, _ := json.Marshal(v)
+	return b
 }
 
 // ValidToken reports whether s may be a code or an appid: 1 to MaxTokenLen
@@ -92,7 +111,10 @@ func DecodeRequest(data []byte) (Request, *Error) {
 	if len(data) == 0 {
 		return r, New(KindBadRequest, "empty request: want {\"appid\":A,\"code\":C}")
 	}
-	if err := decodeRequest(data, &r); err != nil {
+	if len(data) > MaxMessage {
+		return r, New(KindBadRequest, "request is larger than %d bytes", MaxMessage)
+	}
+	if err := json.Unmarshal(data, &r); err != nil {
 		return r, New(KindBadRequest, "request is not a JSON object {\"appid\":A,\"code\":C}")
 	}
 	if e := r.Validate(); e != nil {
@@ -125,20 +147,20 @@ func DecodeReply(m *nats.Msg) (Result, *Error) {
 	if code := m.Header.Get(micro.ErrorCodeHeader); code != "" {
 		status, _ := strconv.Atoi(code)
 		var b ErrorBody
-		if err := json.Unmarshal(m.Data, &b); err != nil || b.Error == "" {
-			e := New(KindUpstream, "worker error: %s", m.Header.Get(micro.ErrorHeader))
+		if len(m.Data) > MaxMessage || json.Unmarshal(m.Data, &b) != nil || b.Error == "" {
+			var opts []Option
 			if status >= 400 && status < 600 {
-				e.Status = status
+				opts = append(opts, Status(status))
 			}
-			return res, e
+			return res, Make(KindUpstream, "worker error: "+m.Header.Get(micro.ErrorHeader), opts...)
 		}
 		e := FromBody(b, status)
 		if s, err := strconv.Atoi(m.Header.Get(HeaderRetryAfter)); err == nil && s > 0 {
-			e.RetryAfter = time.Duration(s) * time.Second
+			e = e.With(RetryAfter(time.Duration(s) * time.Second))
 		}
 		return res, e
 	}
-	if err := decodeResult(m.Data, &res); err != nil || res.OpenID == "" {
+	if len(m.Data) > MaxMessage || json.Unmarshal(m.Data, &res) != nil || res.OpenID == "" {
 		return Result{}, New(KindUpstream, "worker sent an unreadable reply")
 	}
 	return res, nil

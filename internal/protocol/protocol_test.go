@@ -123,6 +123,11 @@ func TestDecodeRequest(t *testing.T) {
 		{"{\"code\":\"a\xff\"}", false, "", ""},
 		{`{"code":"abc","appid":"wx 1"}`, false, "", ""},
 		{`{"code":"abc","appid":7}`, false, "", ""},
+		// Valid JSON, but past MaxMessage: refused before it is decoded.
+		{`{"code":"abc","pad":"` + strings.Repeat("p", protocol.MaxMessage) + `"}`, false, "", ""},
+		// The largest valid request, every character escaped, fits.
+		{`{"appid":"` + strings.Repeat(`A`, protocol.MaxTokenLen) + `","code":"` + strings.Repeat(`B`, protocol.MaxTokenLen) + `"}`,
+			true, strings.Repeat("B", protocol.MaxTokenLen), strings.Repeat("A", protocol.MaxTokenLen)},
 	} {
 		req, e := protocol.DecodeRequest([]byte(tc.data))
 		if tc.ok {
@@ -501,4 +506,25 @@ func FuzzDecodeRequest(f *testing.F) {
 			t.Fatalf("round trip of %+v gave %+v, %v", req, again, e)
 		}
 	})
+}
+
+// TestErrorWithLeavesOriginal: an Error is not changed once made; With
+// gives a changed copy, so an error shared by duplicates, the log and
+// the store keeps what it said.
+func TestErrorWithLeavesOriginal(t *testing.T) {
+	t.Parallel()
+	cause := errors.New("detail")
+	e := protocol.Make(protocol.KindUpstream, "busy", protocol.Temporary(true), protocol.Errcode(-1), protocol.Cause(cause))
+	if e.Status != http.StatusBadGateway || e.Retry != protocol.RetrySameCode || !e.Temporary || e.WxErrcode != -1 || e.Cause != cause {
+		t.Fatalf("Make: %+v", e)
+	}
+	c := e.With(protocol.Message("failed after retries"), protocol.Status(http.StatusServiceUnavailable),
+		protocol.RetryAfter(time.Second), protocol.RetryHint(protocol.RetryNo))
+	if e.Message != "busy" || e.Status != http.StatusBadGateway || e.RetryAfter != 0 || e.Retry != protocol.RetrySameCode {
+		t.Errorf("With changed the original: %+v", e)
+	}
+	if c.Message != "failed after retries" || c.Status != http.StatusServiceUnavailable || c.RetryAfter != time.Second ||
+		c.Retry != protocol.RetryNo || c.WxErrcode != -1 || c.Cause != cause {
+		t.Errorf("With: %+v", c)
+	}
 }

@@ -482,9 +482,8 @@ func (l *Limiter) blockOf(t time.Time) int64 { return t.UnixNano() / int64(l.blo
 func (l *Limiter) blockStart(k int64) time.Time { return time.Unix(0, k*int64(l.block)) }
 
 func limited(wait time.Duration) *protocol.Error {
-	e := protocol.New(protocol.KindRateLimited, "too many logins for this app right now")
-	e.RetryAfter = max(wait, time.Second)
-	return e
+	return protocol.Make(protocol.KindRateLimited, "too many logins for this app right now",
+		protocol.RetryAfter(max(wait, time.Second)))
 }
 
 // effective is the bucket's record of an appid's effective rate (inside

@@ -27,10 +27,16 @@ var errDialSkipped = errors.New("wechat: dial skipped: a new connection is up")
 // time. Over HTTP/2 it is not: when a burst of calls finds every
 // connection at the server's stream limit, each call waiting starts a TLS
 // handshake of its own, net/http keeps one new connection and closes the
-// rest (11,108 handshakes for 10,000 calls at 250 streams per connection),
-// and the runtime keeps the g of every goroutine those dials started for
-// the life of the process. Transport.MaxConnsPerHost would cap HTTP/1.1
-// too, and whether WeChat speaks HTTP/2 is only known from its handshake.
+// rest, and the runtime keeps the g of every goroutine those dials
+// started for the life of the process. Transport.MaxConnsPerHost would cap
+// HTTP/1.1 too, and whether WeChat speaks HTTP/2 is only known from its
+// handshake.
+//
+// It pays on the benchmark's per-exchange memory over HTTP/2 (scenario
+// 3, 1,000 exchanges held): without the gate the worker opened 145 to 537
+// connections to carry them on 5, with it 6 to 8, and each exchange cost
+// 14.9 KiB of Go heap and stacks without it against 13.7 with it (-8%),
+// 18.7 KiB of RSS against 16.2 (-13%).
 //
 // So the gate learns the protocol from each handshake. While it is
 // HTTP/1.1, dials pass freely. While it is HTTP/2, or unknown (the first

@@ -183,17 +183,15 @@ func splitRID(errmsg, secret, code string) (text, rid string) {
 }
 
 // newError builds the error for a verdict.
-func newError(v verdict, errcode int, c *cause) *protocol.Error {
-	e := protocol.New(v.kind, "%s", v.message)
+func newError(v verdict, errcode int, c *cause, opts ...protocol.Option) *protocol.Error {
+	opts = append(opts, protocol.Temporary(v.temporary), protocol.Errcode(errcode))
 	if v.retry != "" {
-		e.Retry = v.retry
+		opts = append(opts, protocol.RetryHint(v.retry))
 	}
-	e.Temporary = v.temporary
-	e.WxErrcode = errcode
-	if c != nil {
-		e.Cause = c
+	if c != nil { // a nil *cause would be a non-nil error
+		opts = append(opts, protocol.Cause(c))
 	}
-	return e
+	return protocol.Make(v.kind, v.message, opts...)
 }
 
 // errcodeError classifies a non-zero errcode. The cause keeps errmsg
@@ -236,13 +234,11 @@ func statusError(resp *http.Response, secret, code string) *protocol.Error {
 	c := scrubbed(resp.Status+", Content-Type "+resp.Header.Get("Content-Type"), secret, code, "")
 	switch {
 	case st == http.StatusTooManyRequests:
-		e := newError(verdict{kind: protocol.KindRateLimited, temporary: true, message: message}, 0, c)
-		e.RetryAfter = retryAfter(resp.Header.Get("Retry-After"))
-		return e
+		return newError(verdict{kind: protocol.KindRateLimited, temporary: true, message: message}, 0, c,
+			protocol.RetryAfter(retryAfter(resp.Header.Get("Retry-After"))))
 	case st >= 500:
-		e := newError(verdict{kind: protocol.KindUpstream, retry: protocol.RetrySameCode, temporary: true, message: message}, 0, c)
-		e.RetryAfter = retryAfter(resp.Header.Get("Retry-After"))
-		return e
+		return newError(verdict{kind: protocol.KindUpstream, retry: protocol.RetrySameCode, temporary: true, message: message}, 0, c,
+			protocol.RetryAfter(retryAfter(resp.Header.Get("Retry-After"))))
 	default:
 		// 3xx (redirects are not followed), 4xx: retrying will not change
 		// what a misrouted or refused request gets.

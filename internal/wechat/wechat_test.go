@@ -847,21 +847,3 @@ func TestTransportErrorClassification(t *testing.T) {
 		})
 	}
 }
-
-// TestQueryMatchesValuesEncode: the hand-written query string is what
-// url.Values would have encoded, whatever the characters.
-func TestQueryMatchesValuesEncode(t *testing.T) {
-	for _, tc := range [][3]string{
-		{testAppID, testSecret, testCode},
-		{"wx&appid=x", "a b+c/d?e#f%g", "code&secret=evil"},
-		{"", "", ""},
-		{"é", "\x00\n", "🙂"},
-	} {
-		want := url.Values{
-			"appid": {tc[0]}, "secret": {tc[1]}, "js_code": {tc[2]}, "grant_type": {"authorization_code"},
-		}.Encode()
-		if got := query(tc[0], tc[1], tc[2]); got != want {
-			t.Errorf("query(%q) = %q, want %q", tc, got, want)
-		}
-	}
-}
