@@ -151,7 +151,7 @@ type Embedded struct {
 	// any openid (PREFIX.decrypt, PREFIX.phone).
 	UsersFile string `envconfig:"NATS_USERS_FILE" desc:"file of user:password lines (a password or a bcrypt hash) of NATS users that are trusted services; without it, clients of NATS_LISTEN are anonymous requesters only"`
 
-	// users holds NATS_USERS_FILE's users, read once by validate.
+	// users holds NATS_USERS_FILE's users, read once by loadFiles.
 	users map[string]Secret
 }
 
@@ -224,7 +224,13 @@ func (c *WorkerConfig) loadFiles() error {
 	return errors.Join(c.NATS.loadFiles(), c.Worker.loadFiles(true))
 }
 
-func (c *AllInOneConfig) loadFiles() error { return c.Worker.loadFiles(false) }
+func (c *AllInOneConfig) loadFiles() error {
+	var err error
+	if c.UsersFile != "" {
+		c.users, err = readUsers(c.UsersFile)
+	}
+	return errors.Join(err, c.Worker.loadFiles(false))
+}
 
 // Usage writes the variables of spec as a table, for -h.
 func Usage(w io.Writer, spec any) error {
@@ -250,13 +256,6 @@ func (c *AllInOneConfig) validate() error {
 	}
 	if !validPrefix(c.SubjectPrefix) {
 		errs = append(errs, errors.New("NATS_SUBJECT_PREFIX: want NATS subject tokens without spaces or wildcards"))
-	}
-	if c.UsersFile != "" {
-		users, err := readUsers(c.UsersFile)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		c.users = users
 	}
 	// With no apps the all-in-one runs its demo upstream; so apps are optional here.
 	return errors.Join(append(errs, c.Log.validate(), c.Edge.validate(), c.Worker.validate(), c.Tokens.validate(), c.Debug.validate())...)
